@@ -1,0 +1,34 @@
+# The bot in a container: `docker build -t kling-bot .` then
+# `docker run --env-file .env -v kling-data:/data -p 8080:8080 kling-bot`
+FROM python:3.12-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    DATA_DIR=/data \
+    DATABASE_URL=sqlite:////data/kling-bot.db \
+    WEBHOOK_HOST=0.0.0.0 \
+    WEBHOOK_PORT=8080
+
+RUN useradd --create-home --uid 10001 kling \
+    && mkdir -p /data && chown kling:kling /data
+WORKDIR /app
+
+# Dependencies in their own layer: rebuilt only when pyproject.toml changes.
+COPY pyproject.toml README.md ./
+RUN mkdir -p bot cogs && touch bot/__init__.py cogs/__init__.py \
+    && pip install . && pip uninstall -y kling-discord-bot
+
+COPY bot ./bot
+COPY cogs ./cogs
+RUN pip install --no-deps .
+
+USER kling
+VOLUME ["/data"]
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
+    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('WEBHOOK_PORT', '8080'), timeout=4)"
+
+ENTRYPOINT ["kling-bot"]
+CMD ["run"]

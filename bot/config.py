@@ -1,0 +1,166 @@
+"""Settings, from the environment or a ``.env`` file, checked once at start.
+
+A missing or contradictory setting stops the start with one line that names the variable and
+says what to set (``ConfigError``), never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bot.kling.providers import Flavour, ProviderName, flavour_for
+
+SIMULATOR_ACCESS_KEY = "simulator-access-key"
+# Public, fixed keys: the built-in simulator is local and guards nothing.
+SIMULATOR_SECRET_KEY = "simulator-secret-key"
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong. ``str(e)`` is one line naming the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", validate_default=True
+    )
+
+    # Discord
+    discord_token: SecretStr | None = None
+    discord_api_base: str | None = None
+    discord_gateway_url: str | None = None
+
+    # Kling
+    kling_provider: ProviderName = "official"
+    kling_base_url: str | None = None
+    kling_access_key: SecretStr | None = None
+    kling_secret_key: SecretStr | None = None
+    kling_api_key: SecretStr | None = None
+    kling_connect_timeout: float = Field(default=10.0, gt=0)
+    kling_request_timeout: float = Field(default=60.0, gt=0)
+    kling_max_attempts: int = Field(default=5, ge=1, le=20)
+    kling_retry_budget: float = Field(default=120.0, gt=0)
+    kling_image_concurrency: int | None = Field(default=None, ge=1)
+    kling_video_concurrency: int | None = Field(default=None, ge=1)
+    kling_image_model: Literal["kling-v2", "kling-v2-1"] = "kling-v2"
+
+    # Input images
+    image_fit: Literal["pad", "crop"] = "pad"
+
+    # Storage
+    database_url: str = "sqlite:///./data/kling-bot.db"
+    data_dir: Path = Path("./data")
+    retention_days: float = Field(default=7.0, gt=0)
+
+    # Webhook listener
+    # 0.0.0.0 so that the listener is reachable from outside a container.
+    webhook_host: str = "0.0.0.0"
+    webhook_port: int = Field(default=8080, ge=0, le=65535)
+    public_base_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    callback_confirm: bool = True
+    webhook_max_body: int = Field(default=256 * 1024, ge=1024)
+
+    # Poller
+    poll_first_delay: float = Field(default=5.0, gt=0)
+    poll_max_interval: float = Field(default=60.0, gt=0)
+    poll_interval_with_callbacks: float = Field(default=120.0, gt=0)
+    poll_concurrency: int = Field(default=8, ge=1)
+    task_max_age: float = Field(default=3 * 3600.0, gt=0)
+
+    # Results
+    download_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
+    download_timeout: float = Field(default=120.0, gt=0)
+
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.public_base_url and not self.webhook_secret:
+            raise ValueError(
+                "PUBLIC_BASE_URL is set but WEBHOOK_SECRET is not: set WEBHOOK_SECRET to a long "
+                "random string (it signs the per-task callback URLs)"
+            )
+        if self.public_base_url and not self.public_base_url.startswith(("http://", "https://")):
+            raise ValueError("PUBLIC_BASE_URL must start with https:// (or http:// for testing)")
+        return self
+
+    @property
+    def flavour(self) -> Flavour:
+        return flavour_for(self.kling_provider)
+
+    @property
+    def simulated(self) -> bool:
+        return self.kling_provider == "simulator"
+
+    def kling_base(self) -> str:
+        """The API base URL; raises ConfigError when it cannot be known."""
+        base = self.kling_base_url or self.flavour.default_base_url
+        if not base:
+            raise ConfigError(
+                f"KLING_BASE_URL is not set: KLING_PROVIDER={self.kling_provider} has no default, "
+                "set it to your gateway's address (e.g. https://gateway.example.com)"
+            )
+        return base.rstrip("/")
+
+    def require_kling_credentials(self) -> None:
+        """Check that the credentials the chosen flavour needs are present."""
+        flavour = self.flavour
+        if self.simulated:
+            return
+        if flavour.auth == "jwt":
+            for name, value in (
+                ("KLING_ACCESS_KEY", self.kling_access_key),
+                ("KLING_SECRET_KEY", self.kling_secret_key),
+            ):
+                if value is None or not value.get_secret_value():
+                    raise ConfigError(
+                        f"{name} is not set: KLING_PROVIDER={flavour.name} needs KLING_ACCESS_KEY "
+                        "and KLING_SECRET_KEY from Kling's developer console "
+                        "(or set KLING_PROVIDER=simulator to try the bot without Kling)"
+                    )
+            if self.kling_api_key is not None:
+                raise ConfigError(
+                    "KLING_API_KEY is set but KLING_PROVIDER=official signs JWTs with "
+                    "KLING_ACCESS_KEY/KLING_SECRET_KEY: unset KLING_API_KEY or set "
+                    "KLING_PROVIDER=gateway"
+                )
+        elif self.kling_api_key is None or not self.kling_api_key.get_secret_value():
+            raise ConfigError(
+                f"KLING_API_KEY is not set: KLING_PROVIDER={flavour.name} needs the API key "
+                "your gateway issued"
+            )
+        self.kling_base()
+
+    def require_discord_token(self) -> str:
+        if self.discord_token is None or not self.discord_token.get_secret_value():
+            raise ConfigError(
+                "DISCORD_TOKEN is not set: create a bot in the Discord developer portal and put "
+                "its token in DISCORD_TOKEN (or in .env)"
+            )
+        return self.discord_token.get_secret_value()
+
+    def sqlite_path(self) -> Path:
+        prefix = "sqlite:///"
+        if not self.database_url.startswith(prefix):
+            raise ConfigError(
+                "DATABASE_URL must be sqlite:///PATH (e.g. sqlite:///./data/kling-bot.db); "
+                "other databases are not supported yet"
+            )
+        return Path(self.database_url[len(prefix) :])
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning pydantic's report into one line naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        location = "_".join(str(part) for part in error["loc"]).upper()
+        message = error["msg"].removeprefix("Value error, ")
+        if location:
+            raise ConfigError(f"{location}: {message}") from None
+        raise ConfigError(message) from None
