@@ -1,0 +1,345 @@
+"""Turn a member's attachment into an image Kling accepts, and say what was changed.
+
+Kling takes JPEG or PNG, at most 10 MB, at least 300 px a side, aspect ratio within
+1:2.5..2.5:1, as raw base64. Files that already comply pass through byte for byte
+without decoding; anything else is decoded, fixed and re-encoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import math
+import struct
+from base64 import b64encode
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+ImageFit = Literal["pad", "crop"]
+
+_ORIENTATION = 0x0112
+_JPEG_QUALITIES = (92, 85, 75, 60)
+_PNG_IEND = b"IEND"
+_NAMES = {"WEBP": "WebP", "MPO": "JPEG"}  # MPO is a phone JPEG with extra frames appended
+_NOT_IMAGES = {b"%PDF": "a PDF", b"PK\x03\x04": "a ZIP archive", b"\x1aE\xdf\xa3": "a video"}
+_BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+class _Rules(NamedTuple):
+    max_bytes: int
+    min_side: int
+    ratio: float
+    max_pixels: int
+
+    def ratio_ok(self, w: int, h: int) -> bool:
+        return 1 / self.ratio <= w / h <= self.ratio
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedImage:
+    label: str
+    data: bytes
+    format: Literal["jpeg", "png"]
+    width: int
+    height: int
+    changes: tuple[str, ...]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+    def base64(self) -> str:
+        return b64encode(self.data).decode("ascii")
+
+    @property
+    def extension(self) -> str:
+        return "jpg" if self.format == "jpeg" else "png"
+
+
+class ImageRejected(ValueError):
+    """An input that cannot be used. str(e) is one clear sentence for a member:
+    which input, what is wrong, what to do."""
+
+    def __init__(self, label: str, reason: str, hint: str) -> None:
+        self.label, self.reason, self.hint = label, reason, hint
+        super().__init__(f"{label}: {reason}. {hint}")
+
+
+def prepare_image(
+    data: bytes,
+    label: str,
+    *,
+    fit: ImageFit = "pad",
+    max_bytes: int = 10 * 1024 * 1024,
+    min_side: int = 300,
+    max_ratio: float = 2.5,
+    max_pixels: int = 40_000_000,
+) -> PreparedImage:
+    rules = _Rules(max_bytes, min_side, max_ratio, max_pixels)
+    if not data:
+        raise ImageRejected(label, "the file is empty", "Attach the image again.")
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # reads the header only
+            if im.width * im.height > max_pixels:
+                raise _too_big(label, f"{im.width}x{im.height} pixels, ", max_pixels)
+            if _complies(im, data, rules):
+                fmt: Literal["jpeg", "png"] = "png" if im.format == "PNG" else "jpeg"
+                return PreparedImage(label, data, fmt, im.width, im.height, ())
+            return _convert(im, data, label, fit, rules)
+    except ImageRejected:
+        raise
+    except UnidentifiedImageError:
+        raise _not_an_image(label, data) from None
+    except _BOMB:  # Pillow's own, far higher limit
+        raise _too_big(label, "", max_pixels) from None
+    except Exception as exc:  # Pillow raises many types for bad data; members need one message
+        log.info("rejecting %s as damaged: %r", label, exc)
+        raise ImageRejected(
+            label, "the image data is cut off or damaged", "Re-export it and attach it again."
+        ) from None
+
+
+async def prepare_images(
+    items: Sequence[tuple[str, bytes]], *, fit: ImageFit = "pad"
+) -> list[PreparedImage]:
+    """Prepare several inputs off the event loop; raises the first ImageRejected (input order)."""
+    # One thread per image: Pillow releases the GIL while decoding and encoding.
+    results = await asyncio.gather(
+        *(asyncio.to_thread(prepare_image, data, label, fit=fit) for label, data in items),
+        return_exceptions=True,
+    )
+    prepared: list[PreparedImage] = []
+    for result in results:  # "first" in input order, so the message does not depend on timing
+        if isinstance(result, BaseException):
+            raise result
+        prepared.append(result)
+    return prepared
+
+
+# --- fast path: header and metadata only, never pixels ---------------------------------
+
+
+def _orientation(im: Image.Image, data: bytes) -> int | None:
+    """EXIF orientation 1..8 (1 = upright), or None if only decoding can tell."""
+    # PngImageFile.getexif() decodes the whole image to look for an eXIf chunk after IDAT,
+    # so PNGs use the base method (header chunks only) and a late eXIf means "decode first".
+    try:
+        if im.format == "PNG":
+            if "exif" not in im.info and b"eXIf" in _png_chunks(data):
+                return None
+            exif = Image.Image.getexif(im)
+        else:
+            exif = im.getexif()
+        value = int(exif.get(_ORIENTATION, 1))
+    except Exception:  # a broken EXIF block should not cost the member their image
+        log.debug("ignoring unreadable EXIF", exc_info=True)
+        return 1
+    return value if 2 <= value <= 8 else 1
+
+
+def _png_chunks(data: bytes) -> set[bytes]:
+    """Chunk types of a structurally complete PNG (IEND last); empty if cut short."""
+    types, pos = set(), 8
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        pos += 12 + length
+        types.add(kind)
+        if kind == _PNG_IEND:
+            return types if pos == len(data) else set()
+    return set()
+
+
+def _intact(im: Image.Image, data: bytes) -> bool:
+    """Cheap truncation check: a JPEG ends with EOI (maybe zero-padded), a PNG with IEND."""
+    if im.format == "PNG":
+        return _PNG_IEND in _png_chunks(data)
+    if im.format in ("JPEG", "MPO"):
+        return data[-4096:].rstrip(b"\0").endswith(b"\xff\xd9")
+    return True  # other formats are always decoded, which finds any damage
+
+
+def _complies(im: Image.Image, data: bytes, rules: _Rules) -> bool:
+    """Whether the bytes can go to Kling as they are, judged from headers and metadata."""
+    w, h = im.size
+    if im.format == "PNG":
+        right_kind = (
+            data[24] == 8  # IHDR bit depth; Pillow reports 48-bit PNGs as plain "RGB"
+            and im.mode in ("RGB", "RGBA", "L")
+            and not getattr(im, "is_animated", False)
+        )
+    else:
+        right_kind = im.format in ("JPEG", "MPO") and im.mode in ("RGB", "L")
+    return (
+        right_kind
+        and len(data) <= rules.max_bytes
+        and min(w, h) >= rules.min_side
+        and rules.ratio_ok(w, h)
+        and _intact(im, data)
+        and _orientation(im, data) == 1
+    )
+
+
+# --- slow path: decode, fix, re-encode --------------------------------------------------
+
+
+def _convert(
+    im: Image.Image, data: bytes, label: str, fit: ImageFit, rules: _Rules
+) -> PreparedImage:
+    source = _NAMES.get(im.format or "", im.format or "image")
+    changes: list[str] = []
+    if im.format != "MPO" and getattr(im, "n_frames", 1) > 1:
+        changes.append(f"used the first of {im.n_frames} frames of the animated {source}")
+    sixteen_bit = (
+        im.mode == "I" or im.mode.startswith("I;16") or (im.format == "PNG" and data[24] == 16)
+    )
+    if im.mode == "CMYK":
+        changes.append("converted CMYK colours to RGB")
+    orientation = _orientation(im, data)
+    im.load()  # raises if pixel data is missing; a lost trailer alone is repairable
+    if not _intact(im, data):
+        changes.append("repaired the end of the file, which was missing")
+    if orientation is None:  # a PNG whose eXIf chunk only loading reveals
+        orientation = _orientation(im, data)
+    if orientation != 1:
+        im = ImageOps.exif_transpose(im)
+        changes.append("rotated it upright as its EXIF orientation asks")
+    if sixteen_bit:
+        changes.append("reduced 16-bit colour to 8-bit")
+        if im.mode not in ("RGB", "RGBA"):  # Pillow already scales 48/64-bit PNGs to 8-bit
+            im = im.convert("I").point(lambda v: v / 257, "L")  # scale, don't clip: 65535 -> 255
+    im = _rgb(im)
+    im = _fit_ratio(im, fit, rules, changes)
+    w, h = im.size
+    if min(w, h) < (short := rules.min_side):
+        # Cap the long side so rounding cannot push a ratio just inside the limit over it.
+        long = min(round(max(w, h) * short / min(w, h)), math.floor(short * rules.ratio))
+        im = im.resize((short, long) if w <= h else (long, short), Image.Resampling.LANCZOS)
+        changes.append(
+            f"scaled up from {w}x{h} to {im.width}x{im.height} "
+            f"(Kling needs at least {short} px a side)"
+        )
+    out, fmt, im = _encode(im, label, rules, changes)
+    target = "PNG" if fmt == "png" else "JPEG"
+    if source != target:
+        changes.insert(0, f"converted {source} to {target}")
+    if not changes:  # e.g. a palette PNG with transparency
+        changes.append(f"re-saved it as a standard 8-bit {target}")
+    return PreparedImage(label, out, fmt, im.width, im.height, tuple(changes))
+
+
+def _rgb(im: Image.Image) -> Image.Image:
+    """RGBA if any pixel is see-through, else RGB."""
+    if im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info:
+        im = im.convert("RGBA")
+        if im.getchannel("A").getextrema()[0] < 255:
+            return im
+    return im.convert("RGB")
+
+
+def _fit_ratio(im: Image.Image, fit: ImageFit, rules: _Rules, changes: list[str]) -> Image.Image:
+    w, h = im.size
+    if rules.ratio_ok(w, h):
+        return im
+    ratio = rules.ratio
+    wide = w / h > ratio
+    if fit == "crop":
+        nw, nh = (math.floor(h * ratio), h) if wide else (w, math.floor(w * ratio))
+        box = ((w - nw) // 2, (h - nh) // 2)
+        changes.append(
+            f"cropped the centre {nw}x{nh} out of {w}x{h} "
+            f"(Kling needs a ratio between 1:{ratio:g} and {ratio:g}:1)"
+        )
+        return im.crop((*box, box[0] + nw, box[1] + nh))
+
+    def padded(w: int, h: int) -> tuple[int, int]:
+        return (w, math.ceil(w / ratio)) if wide else (math.ceil(h / ratio), h)
+
+    nw, nh = padded(w, h)
+    if nw * nh > rules.max_pixels:  # a padded panorama can be huge; shrink it to bound memory
+        scale = math.sqrt(rules.max_pixels / (nw * nh))
+        im = im.resize((max(1, int(w * scale)), max(1, int(h * scale))), Image.Resampling.LANCZOS)
+        nw, nh = padded(*im.size)
+    # Transparent bars keep a cut-out subject clean; opaque photos get neutral grey.
+    fill = (0, 0, 0, 0) if im.mode == "RGBA" else (128, 128, 128)
+    canvas = Image.new(im.mode, (nw, nh), fill)
+    canvas.paste(im, ((nw - im.width) // 2, (nh - im.height) // 2))
+    changes.append(
+        f"padded from {w}x{h} to {nw}x{nh} "
+        f"(Kling needs a ratio between 1:{ratio:g} and {ratio:g}:1)"
+    )
+    return canvas
+
+
+def _save(im: Image.Image, fmt: str, **params: object) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **params)
+    return buf.getvalue()
+
+
+def _encode(
+    im: Image.Image, label: str, rules: _Rules, changes: list[str]
+) -> tuple[bytes, Literal["jpeg", "png"], Image.Image]:
+    # Output format: PNG only when the image really has see-through pixels and the PNG fits
+    # under the limit; everything else is a JPEG (quality 92, transparency flattened on white),
+    # which keeps photos small and is what Kling handles best.
+    max_bytes, min_side = rules.max_bytes, rules.min_side
+    limit = f"{max_bytes / 1024 / 1024:g} MB"
+    if im.mode == "RGBA":
+        png = _save(im, "PNG", optimize=True)
+        if len(png) <= max_bytes:
+            return png, "png", im
+        flat = Image.new("RGB", im.size, (255, 255, 255))
+        flat.paste(im, mask=im.getchannel("A"))
+        im = flat
+        changes.append(f"flattened transparency onto white to fit under {limit}")
+    for quality in _JPEG_QUALITIES:
+        out = _save(im, "JPEG", quality=quality)
+        if len(out) <= max_bytes:
+            if quality != _JPEG_QUALITIES[0]:
+                changes.append(f"compressed harder (JPEG quality {quality}) to fit under {limit}")
+            return out, "jpeg", im
+    start = im.size
+    while len(out) > max_bytes:
+        w, h = im.size
+        if min(w, h) <= min_side:
+            raise ImageRejected(
+                label,
+                f"it cannot fit under {limit} without going below {min_side} px a side",
+                "Attach a smaller or less detailed image.",
+            )
+        # File size tracks pixel count, so aim straight for the limit, with a 10% margin.
+        scale = max(math.sqrt(max_bytes / len(out)) * 0.9, min_side / min(w, h))
+        im = im.resize((round(w * scale), round(h * scale)), Image.Resampling.LANCZOS)
+        out = _save(im, "JPEG", quality=_JPEG_QUALITIES[-1])
+    changes.append(
+        f"scaled down from {start[0]}x{start[1]} to {im.width}x{im.height} to fit under {limit}"
+    )
+    return out, "jpeg", im
+
+
+# --- messages ----------------------------------------------------------------------------
+
+
+def _not_an_image(label: str, data: bytes) -> ImageRejected:
+    kind = next((k for magic, k in _NOT_IMAGES.items() if data.startswith(magic)), None)
+    if kind is None and data[4:8] == b"ftyp":
+        kind = "a video or HEIC photo"
+    if kind is None and not any(b < 9 or 13 < b < 32 for b in data[:1024]):
+        kind = "text"  # no control bytes: plain text in any ASCII-compatible encoding
+    looks = f" (it looks like {kind})" if kind else " Kling can use"
+    reason = f"this file is not an image{looks}"
+    return ImageRejected(label, reason, "Attach a JPEG, PNG, WebP or GIF.")
+
+
+def _too_big(label: str, dims: str, max_pixels: int) -> ImageRejected:
+    return ImageRejected(
+        label,
+        f"the image is too large ({dims}over the {max_pixels / 1e6:g} megapixel limit)",
+        "Resize it and attach it again.",
+    )

@@ -1,0 +1,767 @@
+"""Where tasks and per-guild settings are kept: a SQLite file, through aiosqlite.
+
+The tracker and the Discord side depend on the ``TaskStore`` protocol only. ``SqliteTaskStore``
+keeps one connection in autocommit mode, so every write is committed before its method
+returns (a crash or SIGKILL afterwards loses nothing), and uses WAL so that readers (the CLI,
+a second process) never block the bot.
+
+State changes go through ``transition``: one conditional ``UPDATE ... WHERE id=? AND state IN
+(...)``. Whoever changes the row first wins and everyone else gets ``False``, which is how the
+poller, the webhook and a cancel racing on the same task stay consistent without locks.
+
+The schema is versioned with ``PRAGMA user_version``: ``MIGRATIONS[i]`` brings the database
+from version ``i`` to ``i + 1``. Append new scripts; never edit a released one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import sqlite3
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import aiosqlite
+
+from bot.config import Settings
+from bot.kling.models import TaskKind
+from bot.tasks.models import FINAL_STATES, Origin, TaskRecord, TaskState, UsageRow
+
+log = logging.getLogger(__name__)
+
+# A param longer than this is almost certainly an image (base64) that slipped in by mistake;
+# images are stored as files, never in the database.
+MAX_PARAM_CHARS = 10_000
+BUSY_TIMEOUT_MS = 10_000
+WAL_AUTOCHECKPOINT_PAGES = 4_000  # about 16 MB of WAL between checkpoints
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024  # the WAL file is truncated back to this after a checkpoint
+
+MIGRATIONS: list[str] = [
+    # 1: tasks and guild_config.
+    """
+    CREATE TABLE tasks (
+        -- AUTOINCREMENT: a local id ("#12") is never reused, even after rows are deleted.
+        id                INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind              TEXT    NOT NULL,
+        provider          TEXT    NOT NULL,
+        simulated         INTEGER NOT NULL,
+        external_task_id  TEXT    NOT NULL,
+        kling_task_id     TEXT,
+        state             TEXT    NOT NULL,
+        params            TEXT    NOT NULL DEFAULT '{}',
+        input_files       TEXT    NOT NULL DEFAULT '[]',
+        input_labels      TEXT    NOT NULL DEFAULT '[]',
+        slots             INTEGER NOT NULL,
+        guild_id          INTEGER,
+        channel_id        INTEGER NOT NULL,
+        user_id           INTEGER NOT NULL,
+        message_id        INTEGER,
+        created_at        REAL    NOT NULL,
+        submitted_at      REAL,
+        processing_at     REAL,
+        finished_at       REAL,
+        delivered_at      REAL,
+        kling_status      TEXT,
+        result_urls       TEXT    NOT NULL DEFAULT '[]',
+        result_files      TEXT    NOT NULL DEFAULT '[]',
+        credits           TEXT,
+        failure_reason    TEXT,
+        delivery_attempts INTEGER NOT NULL DEFAULT 0,
+        delivery_error    TEXT,
+        cancel_requested  INTEGER NOT NULL DEFAULT 0,
+        callback_token    TEXT,
+        next_check_at     REAL,
+        check_count       INTEGER NOT NULL DEFAULT 0,
+        submit_attempts   INTEGER NOT NULL DEFAULT 0,
+        not_before        REAL,
+        updated_at        REAL    NOT NULL
+    );
+    -- (state, created_at, id) serves in_states() in its order without a sort.
+    CREATE INDEX ix_tasks_state ON tasks (state, created_at, id);
+    CREATE UNIQUE INDEX ux_tasks_external_task_id ON tasks (external_task_id);
+    CREATE INDEX ix_tasks_kling_task_id ON tasks (kling_task_id);
+    CREATE UNIQUE INDEX ux_tasks_callback_token ON tasks (callback_token);
+    CREATE INDEX ix_tasks_guild_user_created ON tasks (guild_id, user_id, created_at);
+    CREATE INDEX ix_tasks_created ON tasks (created_at);
+
+    CREATE TABLE guild_config (
+        guild_id   INTEGER PRIMARY KEY,
+        config     TEXT    NOT NULL,
+        updated_at REAL    NOT NULL
+    );
+    """,
+]
+
+# The record's fields, in table column order; the single source of truth for SELECTs.
+COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TaskRecord))
+_JSON_COLUMNS = frozenset({"params", "input_files", "input_labels", "result_urls", "result_files"})
+_BOOL_COLUMNS = frozenset({"simulated", "cancel_requested"})
+# update()/transition() may set these; id is fixed and state only changes through transition().
+_MUTABLE_COLUMNS = frozenset(COLUMNS) - {"id", "state"}
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM tasks"
+
+# The timestamp each target state stamps.
+_STAMP: dict[TaskState, str] = {
+    TaskState.SUBMITTED: "submitted_at",
+    TaskState.PROCESSING: "processing_at",
+    TaskState.SUCCEED: "finished_at",
+    TaskState.FAILED: "finished_at",
+    TaskState.CANCELLED: "finished_at",
+    TaskState.DELIVERED: "delivered_at",
+    TaskState.UNDELIVERABLE: "delivered_at",
+}
+
+# For usage(): a task succeeded when Kling says so, or when it ended with results.
+_SUCCEEDED_SQL = (
+    "(IFNULL(kling_status, '') = 'succeed' "
+    "OR (state IN ('succeed', 'delivered') AND result_files != '[]'))"
+)
+
+
+@runtime_checkable
+class TaskStore(Protocol):
+    """What the tracker, the CLI and the Discord side need from storage."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> bool: ...
+
+    async def create(
+        self,
+        *,
+        kind: TaskKind,
+        provider: str,
+        simulated: bool,
+        external_task_id: str,
+        params: dict[str, Any],
+        input_labels: list[str],
+        slots: int,
+        origin: Origin,
+        callback_token: str | None,
+    ) -> TaskRecord: ...
+
+    async def set_inputs(self, task_id: int, input_files: list[str]) -> None: ...
+    async def get(self, task_id: int) -> TaskRecord | None: ...
+    async def find(self, ref: str) -> TaskRecord | None: ...
+    async def by_external_id(self, external_task_id: str) -> TaskRecord | None: ...
+    async def by_kling_id(self, kling_task_id: str) -> TaskRecord | None: ...
+    async def by_callback_token(self, token: str) -> TaskRecord | None: ...
+
+    async def transition(
+        self, task_id: int, from_states: Collection[TaskState], to: TaskState, **fields: Any
+    ) -> bool: ...
+
+    async def update(self, task_id: int, **fields: Any) -> None: ...
+
+    async def in_states(
+        self, states: Collection[TaskState], *, kind: TaskKind | None = None
+    ) -> list[TaskRecord]: ...
+
+    async def list_tasks(
+        self,
+        *,
+        guild_id: int | None = None,
+        user_id: int | None = None,
+        states: Collection[TaskState] | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> list[TaskRecord]: ...
+
+    async def count_tasks(
+        self,
+        *,
+        guild_id: int | None = None,
+        user_id: int | None = None,
+        states: Collection[TaskState] | None = None,
+        since: float | None = None,
+    ) -> int: ...
+
+    async def usage(
+        self, *, guild_id: int | None, since: float, user_id: int | None = None
+    ) -> list[UsageRow]: ...
+
+    async def counts_by_state(self) -> dict[TaskState, int]: ...
+    async def finished_before(self, ts: float) -> list[TaskRecord]: ...
+    async def get_guild_config(self, guild_id: int) -> dict[str, Any]: ...
+    async def set_guild_config(self, guild_id: int, config: dict[str, Any]) -> None: ...
+
+
+# --- encoding ----------------------------------------------------------------------------------
+
+
+def _dumps(value: Any) -> str:
+    # Compact and key-sorted: stable text, and '[]' for an empty list (usage() relies on it).
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
+def _check_no_long_strings(value: Any, where: str = "params") -> None:
+    """Refuse huge strings anywhere in params: they are images that belong on disk."""
+    if isinstance(value, str):
+        if len(value) > MAX_PARAM_CHARS:
+            raise ValueError(
+                f"{where} holds a {len(value)}-character string (limit {MAX_PARAM_CHARS}); "
+                "images must be saved as input files, not stored in params"
+            )
+    elif isinstance(value, bytes | bytearray):
+        raise ValueError(f"{where} holds bytes; images must be saved as input files")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_no_long_strings(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_no_long_strings(item, f"{where}[{index}]")
+
+
+def _encode(column: str, value: Any) -> Any:
+    if column in _JSON_COLUMNS:
+        if column == "params":
+            _check_no_long_strings(value)
+        return _dumps(value)
+    if column in _BOOL_COLUMNS:
+        return int(bool(value))
+    if column == "kind":
+        return TaskKind(value).value
+    return value
+
+
+def _encode_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the names (they end up in SQL text) and encode the values."""
+    if "state" in fields:
+        raise ValueError("the state changes only through transition(), not update()")
+    unknown = set(fields) - _MUTABLE_COLUMNS
+    if unknown:
+        raise ValueError(f"unknown or read-only task fields: {', '.join(sorted(unknown))}")
+    return {name: _encode(name, value) for name, value in fields.items()}
+
+
+# Enum lookups by value through a dict: several times faster than calling the enum class, and
+# decoding is what in_states() over thousands of rows spends its time on.
+_KIND_BY_VALUE: dict[str, TaskKind] = {k.value: k for k in TaskKind}
+_STATE_BY_VALUE: dict[str, TaskState] = {s.value: s for s in TaskState}
+
+
+def _loads_list(text: str) -> list[Any]:
+    return [] if text == "[]" else json.loads(text)  # most lists are empty: skip the parser
+
+
+def _decode(row: tuple[Any, ...]) -> TaskRecord:
+    """A row selected with ``_SELECT`` (columns in ``COLUMNS`` order) to a fresh record."""
+    (
+        id_,
+        kind,
+        provider,
+        simulated,
+        external_task_id,
+        kling_task_id,
+        state,
+        params,
+        input_files,
+        input_labels,
+        *middle,
+        result_urls,
+        result_files,
+        credits,
+        failure_reason,
+        delivery_attempts,
+        delivery_error,
+        cancel_requested,
+        callback_token,
+        next_check_at,
+        check_count,
+        submit_attempts,
+        not_before,
+        updated_at,
+    ) = row
+    return TaskRecord(
+        id_,
+        _KIND_BY_VALUE.get(kind) or TaskKind(kind),  # TaskKind() raises on an unknown value
+        provider,
+        bool(simulated),
+        external_task_id,
+        kling_task_id,
+        _STATE_BY_VALUE.get(state) or TaskState(state),
+        json.loads(params),
+        _loads_list(input_files),
+        _loads_list(input_labels),
+        *middle,  # slots .. kling_status: stored as they are
+        _loads_list(result_urls),
+        _loads_list(result_files),
+        credits,
+        failure_reason,
+        delivery_attempts,
+        delivery_error,
+        bool(cancel_requested),
+        callback_token,
+        next_check_at,
+        check_count,
+        submit_attempts,
+        not_before,
+        updated_at,
+    )
+
+
+def _credits_number(text: Any) -> float | None:
+    """SQL function for usage(): Kling's credits text as a number, None when it is not one."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _placeholders(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def _state_values(states: Collection[TaskState]) -> list[str]:
+    return [TaskState(s).value for s in states]
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a migration script into statements (``executescript`` would commit midway)."""
+    buffer = ""
+    for part in script.split(";"):
+        buffer += part + ";"
+        # complete_statement knows about quotes, comments and trigger bodies.
+        if sqlite3.complete_statement(buffer):
+            statement = buffer.strip()
+            if statement.strip(";").strip() and not _only_comments(statement):
+                yield statement
+            buffer = ""
+    if buffer.strip(" \t\r\n;"):
+        raise ValueError(f"incomplete SQL statement in migration: {buffer.strip()[:80]!r}")
+
+
+def _only_comments(statement: str) -> bool:
+    lines = [line.strip() for line in statement.rstrip(";").splitlines()]
+    return all(not line or line.startswith("--") for line in lines)
+
+
+# --- SQLite ------------------------------------------------------------------------------------
+
+
+class SqliteTaskStore(TaskStore):
+    """``TaskStore`` on one SQLite file, one aiosqlite connection per instance.
+
+    ``clock`` stamps created_at/updated_at and the state timestamps; tests pass a fake one.
+    """
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._db: aiosqlite.Connection | None = None
+
+    async def __aenter__(self) -> SqliteTaskStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # --- lifecycle
+
+    async def open(self) -> None:
+        if self._db is not None:
+            return
+        if str(self.path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: autocommit, so each write statement is its own committed
+        # transaction; migrations open theirs explicitly.
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            async with db.execute("PRAGMA journal_mode = WAL") as cursor:
+                row = await cursor.fetchone()
+            mode = row[0] if row else None
+            if mode != "wal" and str(self.path) != ":memory:":
+                log.warning("SQLite at %s refused WAL mode (journal_mode=%s)", self.path, mode)
+            # NORMAL is durable against process crashes in WAL mode (only an OS crash or power
+            # loss can lose the last commits) and avoids an fsync per write.
+            await db.execute("PRAGMA synchronous = NORMAL")
+            # With NORMAL, the fsyncs happen at checkpoints; each insert writes ~7 pages (row and
+            # indexes), so the default 1000-page checkpoint ran every ~140 inserts and doubled
+            # the cost of creating tasks. Checkpoint less often, and cap the WAL file's size.
+            await db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+            await db.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+            await db.execute("PRAGMA foreign_keys = ON")
+            await db.create_function("credits_number", 1, _credits_number, deterministic=True)
+            await self._migrate(db)
+        except BaseException:
+            await db.close()
+            raise
+        self._db = db
+        log.debug("task store open at %s", self.path)
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        migrations = MIGRATIONS  # read at call time so tests can monkeypatch the module list
+        # IMMEDIATE takes the write lock before reading the version, so two processes opening a
+        # fresh file at once cannot both apply the same migration.
+        await db.execute("BEGIN IMMEDIATE")  # waits up to busy_timeout for another writer
+        try:
+            async with db.execute("PRAGMA user_version") as cursor:
+                row = await cursor.fetchone()
+            current = int(row[0]) if row else 0
+            if current > len(migrations):
+                raise RuntimeError(
+                    f"the database {self.path} is at schema version {current}, newer than this "
+                    f"bot knows ({len(migrations)}); upgrade the bot"
+                )
+            for version in range(current + 1, len(migrations) + 1):
+                for statement in _statements(migrations[version - 1]):
+                    await db.execute(statement)
+                log.info("task store %s: applied schema migration %d", self.path, version)
+            if current < len(migrations):
+                await db.execute(f"PRAGMA user_version = {len(migrations)}")
+            await db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                await db.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            await db.close()
+
+    async def ping(self) -> bool:
+        if self._db is None:
+            return False
+        try:
+            rows = await self._db.execute_fetchall("SELECT 1")
+        except (sqlite3.Error, ValueError):
+            return False
+        return list(rows) == [(1,)]
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("the task store is not open: await store.open() first")
+        return self._db
+
+    async def schema_version(self) -> int:
+        rows = list(await self.db.execute_fetchall("PRAGMA user_version"))
+        return int(rows[0][0])
+
+    # --- helpers
+
+    async def _one(self, where: str, params: tuple[Any, ...]) -> TaskRecord | None:
+        rows = list(await self.db.execute_fetchall(f"{_SELECT} WHERE {where} LIMIT 1", params))
+        return _decode(rows[0]) if rows else None
+
+    async def _many(self, sql: str, params: list[Any]) -> list[TaskRecord]:
+        return [_decode(row) for row in await self.db.execute_fetchall(sql, params)]
+
+    async def _write(self, sql: str, params: list[Any] | tuple[Any, ...]) -> int:
+        """Run one write statement (committed at once: autocommit) and return its rowcount."""
+        async with self.db.execute(sql, params) as cursor:
+            return cursor.rowcount
+
+    # --- tasks
+
+    async def create(
+        self,
+        *,
+        kind: TaskKind,
+        provider: str,
+        simulated: bool,
+        external_task_id: str,
+        params: dict[str, Any],
+        input_labels: list[str],
+        slots: int,
+        origin: Origin,
+        callback_token: str | None,
+    ) -> TaskRecord:
+        """Insert a queued task. A duplicate external_task_id or callback_token raises
+        ``sqlite3.IntegrityError``; a param string longer than MAX_PARAM_CHARS ``ValueError``."""
+        now = self._clock()
+        values: dict[str, Any] = {
+            "kind": _encode("kind", kind),
+            "provider": provider,
+            "simulated": int(bool(simulated)),
+            "external_task_id": external_task_id,
+            "state": TaskState.QUEUED.value,
+            "params": _encode("params", params),
+            "input_files": "[]",  # the files are saved under inputs/<id>/ once the id exists
+            "input_labels": _dumps(list(input_labels)),
+            "slots": slots,
+            "guild_id": origin.guild_id,
+            "channel_id": origin.channel_id,
+            "user_id": origin.user_id,
+            "message_id": origin.message_id,
+            "created_at": now,
+            "callback_token": callback_token,
+            "updated_at": now,
+        }
+        names = ", ".join(values)
+        # RETURNING: the new id in the same round trip to the connection's thread.
+        rows = list(
+            await self.db.execute_fetchall(
+                f"INSERT INTO tasks ({names}) VALUES ({_placeholders(len(values))}) RETURNING id",
+                tuple(values.values()),
+            )
+        )
+        task_id = int(rows[0][0])
+        # Build the record from what was stored (decoded JSON), so it equals what get() returns.
+        return TaskRecord(
+            id=task_id,
+            kind=TaskKind(values["kind"]),
+            provider=provider,
+            simulated=bool(simulated),
+            external_task_id=external_task_id,
+            kling_task_id=None,
+            state=TaskState.QUEUED,
+            params=json.loads(values["params"]),
+            input_files=[],
+            input_labels=json.loads(values["input_labels"]),
+            slots=slots,
+            guild_id=origin.guild_id,
+            channel_id=origin.channel_id,
+            user_id=origin.user_id,
+            message_id=origin.message_id,
+            created_at=now,
+            submitted_at=None,
+            processing_at=None,
+            finished_at=None,
+            delivered_at=None,
+            kling_status=None,
+            result_urls=[],
+            result_files=[],
+            credits=None,
+            failure_reason=None,
+            delivery_attempts=0,
+            delivery_error=None,
+            cancel_requested=False,
+            callback_token=callback_token,
+            next_check_at=None,
+            check_count=0,
+            submit_attempts=0,
+            not_before=None,
+            updated_at=now,
+        )
+
+    async def set_inputs(self, task_id: int, input_files: list[str]) -> None:
+        await self.update(task_id, input_files=list(input_files))
+
+    async def get(self, task_id: int) -> TaskRecord | None:
+        return await self._one("id = ?", (task_id,))
+
+    async def find(self, ref: str) -> TaskRecord | None:
+        """``#12`` is a local id; ``12`` too, unless no such task exists and it is a Kling or
+        external id (Kling's ids are digits); anything else is a Kling or external id."""
+        ref = ref.strip()
+        if not ref:
+            return None
+        if ref.startswith("#"):
+            number = ref[1:].strip()
+            return await self.get(int(number)) if number.isdecimal() else None
+        if ref.isdecimal() and len(ref) < 19:  # fits a SQLite integer
+            task = await self.get(int(ref))
+            if task is not None:
+                return task
+        return await self.by_kling_id(ref) or await self.by_external_id(ref)
+
+    async def by_external_id(self, external_task_id: str) -> TaskRecord | None:
+        return await self._one("external_task_id = ?", (external_task_id,))
+
+    async def by_kling_id(self, kling_task_id: str) -> TaskRecord | None:
+        return await self._one("kling_task_id = ?", (kling_task_id,))
+
+    async def by_callback_token(self, token: str) -> TaskRecord | None:
+        return await self._one("callback_token = ?", (token,))
+
+    async def transition(
+        self, task_id: int, from_states: Collection[TaskState], to: TaskState, **fields: Any
+    ) -> bool:
+        """Move the task to ``to`` if it is in one of ``from_states``; True if this call won.
+
+        Stamps the target state's timestamp (unless given in ``fields``) and updated_at, and
+        sets ``fields`` in the same statement, so a losing caller changes nothing.
+        """
+        to = TaskState(to)
+        sources = _state_values(from_states)
+        if not sources:
+            return False
+        values = _encode_fields(fields)
+        now = self._clock()
+        stamp = _STAMP.get(to)
+        if stamp is not None:
+            values.setdefault(stamp, now)
+        values.setdefault("updated_at", now)
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        changed = await self._write(
+            f"UPDATE tasks SET state = ?, {assignments} "
+            f"WHERE id = ? AND state IN ({_placeholders(len(sources))})",
+            [to.value, *values.values(), task_id, *sources],
+        )
+        return changed == 1
+
+    async def update(self, task_id: int, **fields: Any) -> None:
+        """Set non-state fields (and updated_at). Unknown names and ``state`` raise ValueError."""
+        values = _encode_fields(fields)
+        if not values:
+            return
+        values.setdefault("updated_at", self._clock())
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        changed = await self._write(
+            f"UPDATE tasks SET {assignments} WHERE id = ?", [*values.values(), task_id]
+        )
+        if changed == 0:
+            log.debug("update of task %s matched no row", task_id)
+
+    async def in_states(
+        self, states: Collection[TaskState], *, kind: TaskKind | None = None
+    ) -> list[TaskRecord]:
+        """Tasks in any of ``states``, oldest first, in one query."""
+        values: list[Any] = _state_values(states)
+        if not values:
+            return []
+        sql = f"{_SELECT} WHERE state IN ({_placeholders(len(values))})"
+        if kind is not None:
+            sql += " AND kind = ?"
+            values.append(TaskKind(kind).value)
+        return await self._many(sql + " ORDER BY created_at, id", values)
+
+    @staticmethod
+    def _filters(
+        guild_id: int | None,
+        user_id: int | None,
+        states: Collection[TaskState] | None,
+        since: float | None,
+    ) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if guild_id is not None:
+            clauses.append("guild_id = ?")
+            params.append(guild_id)
+        if user_id is not None:
+            clauses.append("user_id = ?")
+            params.append(user_id)
+        if states is not None:
+            values = _state_values(states)
+            # An empty collection matches nothing (IN () is valid SQLite and is false).
+            clauses.append(f"state IN ({_placeholders(len(values))})")
+            params.extend(values)
+        if since is not None:
+            clauses.append("created_at >= ?")
+            params.append(since)
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+    async def list_tasks(
+        self,
+        *,
+        guild_id: int | None = None,
+        user_id: int | None = None,
+        states: Collection[TaskState] | None = None,
+        limit: int = 20,
+        offset: int = 0,
+        since: float | None = None,
+    ) -> list[TaskRecord]:
+        """Newest first. ``None`` filters match everything; ``since`` is on created_at."""
+        if limit <= 0:
+            return []
+        where, params = self._filters(guild_id, user_id, states, since)
+        return await self._many(
+            f"{_SELECT}{where} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+            [*params, limit, max(0, offset)],
+        )
+
+    async def count_tasks(
+        self,
+        *,
+        guild_id: int | None = None,
+        user_id: int | None = None,
+        states: Collection[TaskState] | None = None,
+        since: float | None = None,
+    ) -> int:
+        where, params = self._filters(guild_id, user_id, states, since)
+        rows = list(await self.db.execute_fetchall(f"SELECT COUNT(*) FROM tasks{where}", params))
+        return int(rows[0][0])
+
+    async def usage(
+        self, *, guild_id: int | None, since: float, user_id: int | None = None
+    ) -> list[UsageRow]:
+        """Per-member usage of tasks created since ``since``; ``guild_id=None`` means all.
+
+        succeeded: Kling reported success, or the task ended with results. failed: a task that
+        reached delivery without succeeding (cancelled tasks are neither). credits: the sum of
+        Kling's credits texts that are numbers.
+        """
+        where, params = self._filters(guild_id, user_id, None, since)
+        sql = f"""
+            SELECT user_id,
+                   COUNT(*) AS tasks,
+                   SUM(ok) AS succeeded,
+                   SUM(CASE WHEN NOT ok AND state IN ('failed', 'delivered', 'undeliverable')
+                            THEN 1 ELSE 0 END) AS failed,
+                   IFNULL(SUM(credits_number(credits)), 0.0) AS credit_sum
+            FROM (SELECT user_id, state, credits,
+                         CASE WHEN {_SUCCEEDED_SQL} THEN 1 ELSE 0 END AS ok
+                  FROM tasks{where})
+            GROUP BY user_id
+            ORDER BY credit_sum DESC, tasks DESC, user_id
+        """
+        rows = await self.db.execute_fetchall(sql, params)
+        return [
+            UsageRow(
+                user_id=row[0],
+                tasks=int(row[1]),
+                succeeded=int(row[2]),
+                failed=int(row[3]),
+                credits=float(row[4]),
+            )
+            for row in rows
+        ]
+
+    async def counts_by_state(self) -> dict[TaskState, int]:
+        """Every state, zero included (metrics want a stable set of series)."""
+        counts = dict.fromkeys(TaskState, 0)
+        for state, count in await self.db.execute_fetchall(
+            "SELECT state, COUNT(*) FROM tasks GROUP BY state"
+        ):
+            try:
+                counts[TaskState(state)] = int(count)
+            except ValueError:
+                log.warning("tasks table holds an unknown state %r (%d rows)", state, count)
+        return counts
+
+    async def finished_before(self, ts: float) -> list[TaskRecord]:
+        """Final tasks whose last timestamp (delivered_at, else finished_at) is before ``ts``,
+        oldest first. The later stamp counts, so a late delivery keeps its files a full period.
+        """
+        values = _state_values(FINAL_STATES)
+        return await self._many(
+            f"{_SELECT} WHERE state IN ({_placeholders(len(values))}) "
+            "AND COALESCE(delivered_at, finished_at, updated_at) < ? ORDER BY created_at, id",
+            [*values, ts],
+        )
+
+    # --- guild settings
+
+    async def get_guild_config(self, guild_id: int) -> dict[str, Any]:
+        rows = list(
+            await self.db.execute_fetchall(
+                "SELECT config FROM guild_config WHERE guild_id = ?", (guild_id,)
+            )
+        )
+        return json.loads(rows[0][0]) if rows else {}
+
+    async def set_guild_config(self, guild_id: int, config: dict[str, Any]) -> None:
+        """Replace the guild's settings (insert or update)."""
+        await self._write(
+            "INSERT INTO guild_config (guild_id, config, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (guild_id) DO UPDATE SET config = excluded.config, "
+            "updated_at = excluded.updated_at",
+            (guild_id, _dumps(config), self._clock()),
+        )
+
+
+def open_store(settings: Settings, *, clock: Callable[[], float] = time.time) -> TaskStore:
+    """The store ``DATABASE_URL`` names (only ``sqlite:///PATH`` so far); not opened yet:
+    ``await store.open()`` (or ``async with``) before use."""
+    return SqliteTaskStore(settings.sqlite_path(), clock=clock)
