@@ -16,7 +16,7 @@ from bot.kling.providers import Flavour, ProviderName, flavour_for
 
 SIMULATOR_ACCESS_KEY = "simulator-access-key"
 # Public, fixed keys: the built-in simulator is local and guards nothing.
-SIMULATOR_SECRET_KEY = "simulator-secret-key"
+SIMULATOR_SECRET_KEY = "simulator-secret-key-for-local-use-only"
 
 
 class ConfigError(Exception):
