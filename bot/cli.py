@@ -1,0 +1,385 @@
+"""The ``kling-bot`` command: run, sync, simulate, generate, task.
+
+Exit codes (scripts rely on them): 0 success; 1 the task failed at Kling; 2 bad usage or bad
+input (nothing submitted, no credit spent); 3 configuration, authentication or API error.
+Errors are one or two plain lines on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import aiohttp
+from pydantic import ValidationError
+
+from bot.config import ConfigError, Settings, load_settings
+from bot.kling.errors import KlingError, KlingInvalidRequest, KlingPolicyError
+from bot.kling.models import (
+    IMAGE_ASPECT_RATIOS,
+    IMAGE_MODELS,
+    VIDEO_ASPECT_RATIOS,
+    ImageTaskRequest,
+    KlingTask,
+    TaskKind,
+    TaskStatus,
+    VideoTaskRequest,
+)
+
+EXIT_OK, EXIT_TASK_FAILED, EXIT_BAD_INPUT, EXIT_CONFIG = 0, 1, 2, 3
+
+
+class CliError(Exception):
+    """An error to print as is, with its exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kling-bot", description="Kling multi-image generation for Discord.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run the Discord bot")
+    run.add_argument("--simulate", action="store_true", help="use the built-in Kling simulator")
+
+    sync = commands.add_parser("sync", help="register the slash commands with Discord")
+    sync.add_argument("--guild", type=int, help="sync to one guild at once (else globally)")
+
+    simulate = commands.add_parser("simulate", help="run the Kling simulator on its own")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=8100)
+    simulate.add_argument("--submitted-seconds", type=float, default=1.0, metavar="S")
+    simulate.add_argument("--processing-seconds", type=float, default=5.0, metavar="S")
+    simulate.add_argument(
+        "--failure-rate", type=float, default=0.0, metavar="P",
+        help="share of tasks that fail with a content-safety message (0..1)",
+    )  # fmt: skip
+
+    generate = commands.add_parser("generate", help="run one task and download its results")
+    kinds = generate.add_subparsers(dest="kind", required=True, parser_class=_Parser)
+    image = kinds.add_parser("image", help="multi-image to image")
+    image.add_argument("--subject", action="append", required=True, type=Path, metavar="PATH")
+    image.add_argument("--scene", type=Path, metavar="PATH")
+    image.add_argument("--style", type=Path, metavar="PATH")
+    image.add_argument("--prompt")
+    image.add_argument("-n", type=int, default=1, help="images to generate, 1..9")
+    image.add_argument("--aspect-ratio", default="16:9", choices=IMAGE_ASPECT_RATIOS)
+    image.add_argument("--model", choices=IMAGE_MODELS, help="default: KLING_IMAGE_MODEL")
+    video = kinds.add_parser("video", help="multi-image to video")
+    video.add_argument("--image", action="append", required=True, type=Path, metavar="PATH")
+    video.add_argument("--prompt", required=True)
+    video.add_argument("--mode", default="std", choices=("std", "pro"))
+    video.add_argument("--duration", default="5", choices=("5", "10"))
+    video.add_argument("--aspect-ratio", default="16:9", choices=VIDEO_ASPECT_RATIOS)
+    for sub in (image, video):
+        sub.add_argument("--negative-prompt")
+        sub.add_argument("--out", type=Path, help="default: ./out/<task id>/")
+        sub.add_argument("--json", action="store_true", help="print one JSON object")
+        sub.add_argument("--simulate", action="store_true", help="use the built-in simulator")
+        sub.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait")
+
+    task = commands.add_parser("task", help="Kling's view of tasks")
+    actions = task.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    get = actions.add_parser("get", help="one task, by task id or external task id")
+    get.add_argument("kind", choices=[k.value for k in TaskKind])
+    get.add_argument("id")
+    listing = actions.add_parser("list", help="recent tasks, newest first")
+    listing.add_argument("kind", choices=[k.value for k in TaskKind])
+    listing.add_argument("--page", type=int, default=1)
+    listing.add_argument("--page-size", type=int, default=30)
+    for sub in (get, listing):
+        sub.add_argument("--json", action="store_true")
+        sub.add_argument("--simulate", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return asyncio.run(_dispatch(args))
+    except CliError as exc:
+        print(f"kling-bot: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except ConfigError as exc:
+        print(f"kling-bot: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("kling-bot: interrupted", file=sys.stderr)
+        return 130
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = (
+        {"kling_provider": "simulator"} if args.__dict__.get("simulate") else {}
+    )
+    settings = load_settings(**overrides)
+    if args.command == "simulate":
+        return await _serve_simulator(args)
+    if args.command in ("run", "sync"):
+        from bot.discord.runner import run_bot, sync_commands
+
+        logging.getLogger().setLevel(logging.DEBUG if args.verbose else settings.log_level)
+        if args.command == "run":
+            await run_bot(settings, simulate=args.simulate)
+        else:
+            await sync_commands(settings, args.guild)
+        return EXIT_OK
+    if args.command == "generate":
+        return await _generate(settings, args)
+    return await _task(settings, args)
+
+
+async def _serve_simulator(args: argparse.Namespace) -> int:
+    from bot.config import SIMULATOR_ACCESS_KEY, SIMULATOR_SECRET_KEY
+    from bot.kling.simulator import Faults, KlingSimulator, SimulatorConfig
+
+    config = SimulatorConfig(
+        submitted_seconds=args.submitted_seconds,
+        processing_seconds=args.processing_seconds,
+        faults=Faults(task_failure_rate=args.failure_rate),
+    )
+    simulator = KlingSimulator(config)
+    try:
+        base_url = await simulator.start(args.host, args.port)
+        print(f"Kling simulator listening on {base_url} (Ctrl+C to stop)", flush=True)
+        print(
+            f"Use it with KLING_PROVIDER=simulator KLING_BASE_URL={base_url}, or as the official "
+            f"API with KLING_ACCESS_KEY={SIMULATOR_ACCESS_KEY} "
+            f"KLING_SECRET_KEY={SIMULATOR_SECRET_KEY}",
+            flush=True,
+        )
+        await asyncio.Event().wait()
+    finally:
+        await simulator.close()
+    return EXIT_OK
+
+
+@contextlib.asynccontextmanager
+async def kling_session(
+    settings: Settings,
+) -> AsyncIterator[tuple[Settings, Any, aiohttp.ClientSession]]:
+    """A client on one shared session; with the simulator provider, the simulator in-process."""
+    from bot.kling.client import KlingClient
+
+    async with contextlib.AsyncExitStack() as stack:
+        if settings.simulated and not settings.kling_base_url:
+            from bot.kling.simulator import KlingSimulator
+
+            simulator = await stack.enter_async_context(KlingSimulator())  # on a free port
+            settings = settings.model_copy(update={"kling_base_url": simulator.base_url})
+        settings.require_kling_credentials()
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        yield settings, KlingClient.from_settings(settings, session), session
+
+
+async def _generate(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.kling.images import ImageRejected, prepare_images
+
+    kind = TaskKind(args.kind)
+    inputs = _read_inputs(args, kind)
+    try:
+        prepared = await prepare_images(inputs, fit=settings.image_fit)
+    except ImageRejected as exc:
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None
+    for image in prepared:
+        for change in image.changes:
+            _progress(f"{image.label}: {change}")
+    request = _build_request(settings, args, kind, [image.base64() for image in prepared])
+
+    async with kling_session(settings) as (settings, client, session):
+        try:
+            task = await client.create_task(request)
+        except (KlingInvalidRequest, KlingPolicyError) as exc:
+            raise CliError(f"Kling refused the request: {exc.message}", EXIT_BAD_INPUT) from None
+        except KlingError as exc:
+            raise CliError(f"{exc} ({exc.user_message})", EXIT_CONFIG) from None
+        _progress(f"submitted task {task.task_id} ({task.external_task_id})")
+        task = await _wait(client, kind, task, wait_limit=args.timeout)
+        if task.task_status is TaskStatus.FAILED:
+            reason = task.task_status_msg or "no reason given"
+            if args.json:
+                print(json.dumps(_summary(task, [])))
+            else:
+                print(f"kling-bot: task {task.task_id} failed: {reason}", file=sys.stderr)
+            return EXIT_TASK_FAILED
+        out_dir = args.out or Path("out") / task.task_id
+        paths = await _download(session, settings, task, out_dir)
+    if args.json:
+        print(json.dumps(_summary(task, paths)))
+    else:
+        credits = f", {task.final_unit_deduction} credits" if task.final_unit_deduction else ""
+        _progress(f"task {task.task_id} succeeded{credits}; {len(paths)} file(s):")
+        for path in paths:
+            print(path)
+    return EXIT_OK
+
+
+def _read_inputs(args: argparse.Namespace, kind: TaskKind) -> list[tuple[str, bytes]]:
+    if kind is TaskKind.IMAGE:
+        named = [(f"subject{i}", path) for i, path in enumerate(args.subject, 1)]
+        named += [(label, path) for label, path in (("scene", args.scene), ("style", args.style))]
+        limit, flag = 4, "--subject"
+    else:
+        named = [(f"image{i}", path) for i, path in enumerate(args.image, 1)]
+        limit, flag = 4, "--image"
+    if sum(label.startswith(("subject", "image")) for label, _ in named) > limit:
+        raise CliError(f"at most {limit} {flag} images are allowed", EXIT_BAD_INPUT)
+    inputs = []
+    for label, path in named:
+        if path is None:
+            continue
+        try:
+            inputs.append((label, path.read_bytes()))
+        except OSError as exc:
+            raise CliError(f"{label}: cannot read {path}: {exc.strerror}", EXIT_BAD_INPUT) from None
+    return inputs
+
+
+def _build_request(
+    settings: Settings, args: argparse.Namespace, kind: TaskKind, images: list[str]
+) -> ImageTaskRequest | VideoTaskRequest:
+    common = {"prompt": args.prompt, "negative_prompt": args.negative_prompt}
+    try:
+        if kind is TaskKind.IMAGE:
+            roles = {"scene_image": args.scene, "style_image": args.style}
+            subjects = images[: len(args.subject)]
+            extra = iter(images[len(args.subject) :])
+            optional = {field: next(extra) for field, path in roles.items() if path is not None}
+            return ImageTaskRequest(
+                **common,
+                **optional,
+                subject_images=subjects,
+                n=args.n,
+                aspect_ratio=args.aspect_ratio,
+                model_name=args.model or settings.kling_image_model,
+            )
+        return VideoTaskRequest(
+            **common,
+            images=images,
+            mode=args.mode,
+            duration=args.duration,
+            aspect_ratio=args.aspect_ratio,
+        )
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"]) or "request"
+        raise CliError(f"{field}: {error['msg']}", EXIT_BAD_INPUT) from None
+
+
+async def _wait(client: Any, kind: TaskKind, task: KlingTask, *, wait_limit: float) -> KlingTask:
+    """Poll one task until it ends, printing its state and the elapsed time."""
+    started = time.monotonic()
+    delay = 1.0
+    last_status = None
+    while not task.is_terminal:
+        elapsed = time.monotonic() - started
+        if elapsed > wait_limit:
+            raise CliError(
+                f"task {task.task_id} did not finish within {wait_limit:.0f} s; "
+                f"check it later with: kling-bot task get {kind.value} {task.task_id}",
+                EXIT_CONFIG,
+            )
+        if task.task_status != last_status or sys.stderr.isatty():
+            _progress(f"{task.task_status.value} · {elapsed:.0f} s", same_line=sys.stderr.isatty())
+            last_status = task.task_status
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 5.0)
+        try:
+            task = await client.get_task(kind, task.task_id)
+        except KlingError as exc:
+            raise CliError(f"{exc} ({exc.user_message})", EXIT_CONFIG) from None
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    return task
+
+
+async def _download(
+    session: aiohttp.ClientSession, settings: Settings, task: KlingTask, out_dir: Path
+) -> list[Path]:
+    from bot.tasks.results import DownloadError, download_results, loopback_allowed
+
+    try:
+        return await download_results(
+            session,
+            task.result_urls(),
+            out_dir,
+            max_bytes=settings.download_max_bytes,
+            timeout=settings.download_timeout,
+            allow_loopback=loopback_allowed(settings),
+        )
+    except DownloadError as exc:
+        raise CliError(f"task {task.task_id} succeeded but {exc}", EXIT_CONFIG) from None
+
+
+async def _task(settings: Settings, args: argparse.Namespace) -> int:
+    kind = TaskKind(args.kind)
+    async with kling_session(settings) as (settings, client, _session):
+        try:
+            if args.action == "get":
+                tasks = [await client.get_task(kind, args.id)]
+            else:
+                tasks = await client.list_tasks(kind, args.page, args.page_size)
+        except KlingInvalidRequest as exc:
+            raise CliError(f"Kling refused the request: {exc.message}", EXIT_BAD_INPUT) from None
+        except KlingError as exc:
+            raise CliError(str(exc), EXIT_CONFIG) from None
+    if args.json:
+        payload = [task.model_dump(mode="json") for task in tasks]
+        print(json.dumps(payload[0] if args.action == "get" else payload))
+        return EXIT_OK
+    for task in tasks:
+        line = f"{task.task_id}  {task.task_status.value:<10}  {task.external_task_id or '-'}"
+        if task.final_unit_deduction:
+            line += f"  {task.final_unit_deduction} credits"
+        if task.task_status_msg and task.task_status is TaskStatus.FAILED:
+            line += f"  {task.task_status_msg}"
+        print(line)
+        for url in task.result_urls():
+            print(f"    {url}")
+    if not tasks:
+        print("no tasks")
+    return EXIT_OK
+
+
+def _summary(task: KlingTask, paths: list[Path]) -> dict[str, Any]:
+    return {
+        "task_id": task.task_id,
+        "external_task_id": task.external_task_id,
+        "status": task.task_status.value,
+        "reason": task.task_status_msg,
+        "credits": task.final_unit_deduction,
+        "urls": task.result_urls(),
+        "files": [str(path) for path in paths],
+    }
+
+
+def _progress(message: str, *, same_line: bool = False) -> None:
+    if same_line:
+        print(f"\r\033[K{message}", end="", file=sys.stderr, flush=True)
+    else:
+        print(message, file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

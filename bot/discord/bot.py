@@ -1,0 +1,173 @@
+"""The Discord bot: wires the cogs, the buttons, delivery and the webhook listener to the tracker.
+
+The runner creates the tracker and its dependencies and injects them here; the bot only starts
+what lives inside Discord's lifecycle (``setup_hook``) and stops it again in ``close``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import discord
+import yarl
+from aiohttp import web
+from discord.ext import commands
+from pydantic import ValidationError
+
+from bot.config import Settings
+from bot.discord import checks
+from bot.discord.delivery import Delivery, StatusMessages
+from bot.discord.errors import KlingCommandTree
+from bot.discord.views import DYNAMIC_ITEMS
+from bot.kling.errors import KlingInvalidRequest
+from bot.kling.images import ImageRejected, prepare_images
+from bot.kling.models import TaskKind
+from bot.tasks.models import Origin, TaskRecord
+
+if TYPE_CHECKING:
+    from bot.tasks.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("cogs.generate", "cogs.moderation")
+
+
+def apply_discord_endpoints(settings: Settings) -> None:
+    """Point discord.py at a REST/gateway proxy (process-wide class attributes)."""
+    # Interaction webhooks reuse Route.BASE, so one setting covers callbacks and followups too.
+    if settings.discord_api_base:
+        discord.http.Route.BASE = settings.discord_api_base.rstrip("/")
+    if settings.discord_gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
+class KlingBot(commands.Bot):
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        tracker: Tracker | None,
+        start_webhook: bool = True,
+        **options: Any,
+    ) -> None:
+        apply_discord_endpoints(settings)
+        options.setdefault("intents", discord.Intents.default())
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            tree_cls=KlingCommandTree,
+            help_command=None,
+            **options,
+        )
+        self.settings = settings
+        self._tracker = tracker
+        self._start_webhook = start_webhook
+        self.delivery = Delivery(self)
+        self.status_messages = StatusMessages(self)
+        self._webhook_runner: web.AppRunner | None = None
+        self.webhook_port: int | None = None
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            raise RuntimeError("this KlingBot was created without a tracker (command sync only)")
+        return self._tracker
+
+    async def setup_hook(self) -> None:
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        if self._tracker is None:  # `kling-bot sync`: commands only, nothing runs
+            return
+        self.add_dynamic_items(*DYNAMIC_ITEMS)
+        tracker = self._tracker
+        # Subscribe before start: start re-announces tasks that finished while we were down.
+        tracker.subscribe(self.status_messages.on_event)
+        tracker.subscribe(self.delivery.on_event)
+        tracker.health_checks.append(self._health)
+        await tracker.start()
+        if self._start_webhook:
+            await self._start_webhook_server()
+
+    def _health(self) -> tuple[str, bool]:
+        return ("discord", self.is_ready() and not self.is_closed())
+
+    async def _start_webhook_server(self) -> None:
+        runner = web.AppRunner(self.tracker.webhook_app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.webhook_host, self.settings.webhook_port)
+        await site.start()
+        self._webhook_runner = runner
+        addresses = runner.addresses
+        self.webhook_port = addresses[0][1] if addresses else self.settings.webhook_port
+        log.info("webhook listener on %s:%s", self.settings.webhook_host, self.webhook_port)
+
+    async def close(self) -> None:
+        await self.status_messages.close()
+        await self.delivery.close()
+        if self._webhook_runner is not None:
+            await self._webhook_runner.cleanup()
+            self._webhook_runner = None
+        await super().close()
+
+    async def on_ready(self) -> None:
+        log.info("connected to Discord as %s in %d guild(s)", self.user, len(self.guilds))
+
+    # --- the submission flow shared by commands, buttons and the Animate modal --------------
+
+    @staticmethod
+    def origin_of(interaction: discord.Interaction[Any]) -> Origin:
+        return Origin(
+            channel_id=interaction.channel_id or 0,
+            user_id=interaction.user.id,
+            guild_id=interaction.guild_id,
+        )
+
+    async def check_request(
+        self, interaction: discord.Interaction[KlingBot], params: dict[str, Any]
+    ) -> None:
+        await checks.check_request(
+            interaction,
+            prompt=params.get("prompt"),
+            negative_prompt=params.get("negative_prompt"),
+        )
+
+    async def submit_request(
+        self,
+        interaction: discord.Interaction[KlingBot],
+        kind: TaskKind,
+        params: dict[str, Any],
+        items: Sequence[tuple[str, bytes]],
+    ) -> TaskRecord:
+        """Prepare the images, check the rules, submit, and follow the task in the reply.
+
+        The interaction must already be deferred. Raises ``checks.Refused`` (nothing was
+        submitted) with a message for the member.
+        """
+        try:
+            prepared = await prepare_images(items, fit=self.settings.image_fit)
+        except ImageRejected as exc:
+            raise checks.Refused(str(exc)) from None
+        await self.check_request(interaction, params)
+        clean = {key: value for key, value in params.items() if value not in (None, "")}
+        try:
+            task = await self.tracker.submit(kind, clean, prepared, self.origin_of(interaction))
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"])
+            raise checks.Refused(
+                f"Kling would refuse this request: {where}: {error['msg']}."
+            ) from None
+        except KlingInvalidRequest as exc:
+            raise checks.Refused(f"Kling refused this request: {exc}") from None
+        changes = tuple(f"{p.label}: {change}" for p in prepared for change in p.changes)
+        interaction.extras["status_shown"] = True
+        await self.status_messages.follow(task, interaction, changes)
+        log.info(
+            "task %s (%s) submitted by user %s in channel %s",
+            task.id,
+            kind,
+            interaction.user.id,
+            interaction.channel_id,
+        )
+        return task

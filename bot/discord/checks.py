@@ -1,0 +1,150 @@
+"""Who may do what: moderator rights and the per-guild rules stored in the guild config.
+
+Guild config keys (``store.get_guild_config``/``set_guild_config``, a JSON object):
+``allowed_channels`` (list of channel ids; empty = every channel), ``max_active`` (a member's
+tasks not yet finished at Kling), ``daily_limit`` (a member's tasks per 24 h), ``blocked_words``
+(list), ``moderator_role_id``. A missing limit uses the default below; 0 means no limit.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+
+from bot.tasks.models import ACTIVE_STATES
+
+if TYPE_CHECKING:
+    from bot.discord.bot import KlingBot
+    from bot.tasks.store import TaskStore
+
+DEFAULT_MAX_ACTIVE = 3
+DEFAULT_DAILY_LIMIT = 50
+DAY = 24 * 3600.0
+
+
+class Refused(app_commands.CheckFailure):
+    """A request refused for a reason the member can act on; str() is the message."""
+
+
+class NotModerator(app_commands.CheckFailure):
+    def __init__(self) -> None:
+        super().__init__(
+            "Only moderators can do this (Manage Messages permission or the moderator role)."
+        )
+
+
+@dataclass(slots=True)
+class GuildConfig:
+    allowed_channels: list[int] = field(default_factory=list)
+    max_active: int = DEFAULT_MAX_ACTIVE
+    daily_limit: int = DEFAULT_DAILY_LIMIT
+    blocked_words: list[str] = field(default_factory=list)
+    moderator_role_id: int | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> GuildConfig:
+        raw = raw or {}
+
+        def limit(key: str, default: int) -> int:
+            value = raw.get(key)
+            return default if value is None else int(value)
+
+        role = raw.get("moderator_role_id")
+        return cls(
+            allowed_channels=[int(c) for c in raw.get("allowed_channels") or []],
+            max_active=limit("max_active", DEFAULT_MAX_ACTIVE),
+            daily_limit=limit("daily_limit", DEFAULT_DAILY_LIMIT),
+            blocked_words=[str(w) for w in raw.get("blocked_words") or []],
+            moderator_role_id=int(role) if role else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "allowed_channels": list(self.allowed_channels),
+            "max_active": self.max_active,
+            "daily_limit": self.daily_limit,
+            "blocked_words": list(self.blocked_words),
+            "moderator_role_id": self.moderator_role_id,
+        }
+
+
+async def guild_config(store: TaskStore, guild_id: int | None) -> GuildConfig:
+    if guild_id is None:
+        return GuildConfig()
+    return GuildConfig.from_dict(await store.get_guild_config(guild_id))
+
+
+def is_moderator(interaction: discord.Interaction[Any], config: GuildConfig) -> bool:
+    # interaction.permissions are the member's resolved permissions in this channel.
+    if interaction.guild_id is None:
+        return False
+    if interaction.permissions.manage_messages or interaction.permissions.administrator:
+        return True
+    user = interaction.user
+    if config.moderator_role_id and isinstance(user, discord.Member):
+        return any(role.id == config.moderator_role_id for role in user.roles)
+    return False
+
+
+async def require_moderator(interaction: discord.Interaction[KlingBot]) -> bool:
+    """Run-time check for moderator commands: default_permissions is only a hint."""
+    config = await guild_config(interaction.client.tracker.store, interaction.guild_id)
+    if not is_moderator(interaction, config):
+        raise NotModerator()
+    return True
+
+
+def blocked_word_in(config: GuildConfig, *texts: str | None) -> str | None:
+    """The first blocked word found as a whole word, case-insensitively, or None."""
+    for word in config.blocked_words:
+        pattern = re.compile(rf"(?<!\w){re.escape(word)}(?!\w)", re.IGNORECASE)
+        for text in texts:
+            if text and pattern.search(text):
+                return word
+    return None
+
+
+async def check_request(
+    interaction: discord.Interaction[KlingBot],
+    *,
+    prompt: str | None,
+    negative_prompt: str | None,
+) -> None:
+    """Channel, limits and blocked words; raises Refused with a message for the member."""
+    bot = interaction.client
+    store = bot.tracker.store
+    config = await guild_config(store, interaction.guild_id)
+    channel_id = interaction.channel_id
+    if interaction.guild_id is not None and config.allowed_channels:
+        # A thread counts as its parent channel.
+        channel = interaction.channel
+        parent_id = getattr(channel, "parent_id", None)
+        if channel_id not in config.allowed_channels and parent_id not in config.allowed_channels:
+            where = ", ".join(f"<#{c}>" for c in config.allowed_channels[:10])
+            raise Refused(f"Kling generation is not enabled in this channel. Try {where}.")
+    word = blocked_word_in(config, prompt, negative_prompt)
+    if word is not None:
+        raise Refused(f"Your prompt contains the blocked word “{word}”. Reword it and try again.")
+    user_id = interaction.user.id
+    if config.max_active > 0:
+        active = await store.count_tasks(
+            guild_id=interaction.guild_id, user_id=user_id, states=ACTIVE_STATES
+        )
+        if active >= config.max_active:
+            raise Refused(
+                f"You already have {active} task(s) running (limit {config.max_active}). "
+                "Wait for one to finish — see `/kling queue`."
+            )
+    if config.daily_limit > 0:
+        today = await store.count_tasks(
+            guild_id=interaction.guild_id, user_id=user_id, since=time.time() - DAY
+        )
+        if today >= config.daily_limit:
+            raise Refused(
+                f"You reached the limit of {config.daily_limit} tasks in 24 hours. Try again later."
+            )

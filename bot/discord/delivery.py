@@ -1,0 +1,364 @@
+"""Posting finished tasks in their channel, and keeping members' status messages current.
+
+Results go out with the bot token (``get_partial_messageable(...).send``), never with the
+interaction token: a video can take longer than the token's 15 minutes, and a restart loses
+every interaction anyway. Each finished task is posted at most once: ``begin_delivery`` counts
+attempts, and a repeated attempt first looks for its own earlier post.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import discord
+
+from bot.discord import embeds
+from bot.discord.views import result_view
+from bot.kling.models import TaskKind
+from bot.tasks.models import EventType, TaskEvent, TaskRecord, TaskState
+
+if TYPE_CHECKING:
+    from bot.discord.bot import KlingBot
+
+log = logging.getLogger(__name__)
+
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+MAX_FILES = 10
+SEND_ATTEMPTS = 4
+RETRY_BASE_DELAY = 1.0
+HISTORY_LIMIT = 50
+# Interaction tokens live 15 minutes; stop editing a little before, never after.
+STATUS_EDIT_WINDOW = 14 * 60.0
+STATUS_EDIT_INTERVAL = 2.0
+
+# Discord error codes meaning "this channel will not take the post" (not worth retrying).
+UNKNOWN_CHANNEL = 10003
+MISSING_ACCESS = 50001
+MISSING_PERMISSIONS = 50013
+CANNOT_DM = 50007
+PAYLOAD_TOO_LARGE = 40005
+
+
+@dataclass(slots=True)
+class OutgoingFile:
+    filename: str
+    data: bytes
+
+
+@dataclass(slots=True)
+class Post:
+    """One message's worth of result: what to upload and what to link instead."""
+
+    files: list[OutgoingFile] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+
+    def discord_files(self) -> list[discord.File]:
+        # Fresh File objects per attempt: discord.py consumes them when sending.
+        return [discord.File(io.BytesIO(f.data), filename=f.filename) for f in self.files]
+
+
+def plan_files(
+    task: TaskRecord, paths: list[Path], urls: list[str], limit: int
+) -> tuple[list[tuple[str, Path]], list[str]]:
+    """Choose which result files to upload within ``limit`` (per file and in total).
+
+    Returns (filename, path) pairs to upload and the Kling links of the rest, in result order.
+    """
+    uploads: list[tuple[str, Path]] = []
+    links: list[str] = []
+    total = 0
+    count = max(len(paths), len(urls))
+    for i in range(count):
+        path = paths[i] if i < len(paths) else None
+        url = urls[i] if i < len(urls) else None
+        size = path.stat().st_size if path is not None and path.exists() else None
+        fits = size is not None and total + size <= limit and len(uploads) < MAX_FILES
+        if fits and path is not None and size is not None:
+            suffix = path.suffix or (".mp4" if task.kind == TaskKind.VIDEO else ".png")
+            name = f"kling-{task.id}" + (f"-{i + 1}" if count > 1 else "") + suffix
+            uploads.append((name, path))
+            total += size
+        elif url:
+            links.append(url)
+        else:
+            log.warning("task %s: result %d has neither a file that fits nor a link", task.id, i)
+    return uploads, links
+
+
+def _mentions(user_id: int) -> discord.AllowedMentions:
+    return discord.AllowedMentions(
+        everyone=False, roles=False, users=[discord.Object(user_id)], replied_user=False
+    )
+
+
+def _is_gone(exc: discord.HTTPException) -> bool:
+    if isinstance(exc, discord.NotFound):
+        return True
+    return exc.code in (UNKNOWN_CHANNEL, MISSING_ACCESS, MISSING_PERMISSIONS) or isinstance(
+        exc, discord.Forbidden
+    )
+
+
+class Delivery:
+    """Subscribed to the tracker: posts COMPLETED and FAILED tasks in their channel."""
+
+    def __init__(self, bot: KlingBot) -> None:
+        self.bot = bot
+        self._in_flight: dict[int, asyncio.Task[None]] = {}
+        self.retry_base_delay = RETRY_BASE_DELAY
+
+    async def on_event(self, event: TaskEvent) -> None:
+        if event.type not in (EventType.COMPLETED, EventType.FAILED):
+            return
+        task = event.task
+        if task.id in self._in_flight:
+            return
+        # Posting (uploads, retries) must not hold up the tracker's other events.
+        job = asyncio.create_task(self._deliver_guarded(task), name=f"deliver-{task.id}")
+        self._in_flight[task.id] = job
+        job.add_done_callback(lambda _: self._in_flight.pop(task.id, None))
+
+    async def close(self, grace: float = 5.0) -> None:
+        jobs = list(self._in_flight.values())
+        if not jobs:
+            return
+        _, pending = await asyncio.wait(jobs, timeout=grace)
+        for job in pending:
+            job.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def wait_idle(self) -> None:
+        while self._in_flight:
+            await asyncio.gather(*list(self._in_flight.values()), return_exceptions=True)
+
+    async def _deliver_guarded(self, task: TaskRecord) -> None:
+        try:
+            await self.deliver(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The task stays awaiting delivery and is announced again at the next start.
+            log.exception("delivery of task %s failed unexpectedly", task.id)
+
+    async def deliver(self, task: TaskRecord) -> None:
+        tracker = self.bot.tracker
+        if task.cancel_requested:
+            log.info("task %s was cancelled: not posting its result", task.id)
+            await tracker.mark_undeliverable(task.id, "cancelled by a moderator")
+            return
+        attempt = await tracker.begin_delivery(task.id)
+        channel = self.bot.get_partial_messageable(task.channel_id, guild_id=task.guild_id)
+        if attempt > 1 and await self._already_posted(channel, task):
+            log.info("task %s was already posted by an earlier attempt", task.id)
+            await tracker.mark_delivered(task.id)
+            return
+
+        limit = self._upload_limit(task.guild_id)
+        post = await self._prepare(task, limit)
+        error = ""
+        for n in range(1, SEND_ATTEMPTS + 1):
+            try:
+                await self._send(channel, task, post)
+            except discord.HTTPException as exc:
+                if exc.status == 413 or exc.code == PAYLOAD_TOO_LARGE:
+                    # Our idea of the limit was too generous: fall back to links only.
+                    log.warning("task %s: upload refused as too large, sending links", task.id)
+                    post = await self._prepare(task, 0)
+                    continue
+                if _is_gone(exc):
+                    await self._undeliverable(task, exc)
+                    return
+                error = str(exc)
+                if exc.status < 500 and exc.status != 429:
+                    break
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                error = f"network error: {exc!r}"
+            else:
+                await tracker.mark_delivered(task.id)
+                log.info("task %s posted in channel %s", task.id, task.channel_id)
+                return
+            if n < SEND_ATTEMPTS:
+                delay = self.retry_base_delay * 2 ** (n - 1)
+                log.warning(
+                    "task %s: posting failed (%s), retrying in %.1f s", task.id, error, delay
+                )
+                await asyncio.sleep(delay)
+        reason = f"Discord refused the post: {error}" if error else "Discord refused the post"
+        log.error("task %s is undeliverable: %s", task.id, reason)
+        await tracker.mark_undeliverable(task.id, reason)
+
+    # --- pieces -----------------------------------------------------------------------------
+
+    def _upload_limit(self, guild_id: int | None) -> int:
+        guild = self.bot.get_guild(guild_id) if guild_id is not None else None
+        return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
+
+    async def _prepare(self, task: TaskRecord, limit: int) -> Post:
+        if task.state != TaskState.SUCCEED and not task.result_files:
+            return Post()
+        paths = self.bot.tracker.result_paths(task)
+        uploads, links = plan_files(task, paths, list(task.result_urls), limit)
+        files = [
+            OutgoingFile(name, await asyncio.to_thread(path.read_bytes)) for name, path in uploads
+        ]
+        return Post(files=files, links=links)
+
+    def _message(self, task: TaskRecord, post: Post, *, prefix: str = "") -> dict[str, Any]:
+        succeeded = task.state == TaskState.SUCCEED or (
+            task.state not in (TaskState.FAILED,) and bool(task.result_files)
+        )
+        kind = "image" if task.kind == TaskKind.IMAGE else "video"
+        if succeeded:
+            many = task.kind == TaskKind.IMAGE and len(post.files) + len(post.links) > 1
+            what = f"{kind}s are" if many else f"{kind} is"
+            content = f"<@{task.user_id}> your {what} ready ({task.short_ref})."
+            embed = embeds.result_embed(task, links=post.links)
+        else:
+            content = f"<@{task.user_id}> your {kind} task {task.short_ref} failed."
+            embed = embeds.failure_embed(task)
+        if prefix:
+            content = f"{prefix}\n{content}"
+        return {
+            "content": content,
+            "embed": embed,
+            "files": post.discord_files(),
+            "view": result_view(task, succeeded=succeeded),
+            "allowed_mentions": _mentions(task.user_id),
+        }
+
+    async def _send(self, channel: discord.abc.Messageable, task: TaskRecord, post: Post) -> None:
+        await channel.send(**self._message(task, post))
+
+    async def _already_posted(self, channel: discord.PartialMessageable, task: TaskRecord) -> bool:
+        me = self.bot.user
+        ref = embeds.footer_ref(task.id)
+        try:
+            async for message in channel.history(limit=HISTORY_LIMIT):
+                if me is not None and message.author.id != me.id:
+                    continue
+                for embed in message.embeds:
+                    footer = embed.footer.text or ""
+                    if footer == ref or footer.startswith(ref + " "):
+                        return True
+        except discord.HTTPException:
+            # Cannot read the history: posting again risks a duplicate, not posting risks a
+            # lost result; a duplicate is the smaller harm.
+            log.warning("task %s: could not read channel history to check for a post", task.id)
+        return False
+
+    async def _undeliverable(self, task: TaskRecord, exc: discord.HTTPException) -> None:
+        if exc.code == UNKNOWN_CHANNEL or isinstance(exc, discord.NotFound):
+            why = "the channel no longer exists"
+        else:
+            why = "I am not allowed to post there (missing permissions)"
+        dm_note = await self._direct_message(task, why)
+        reason = f"channel {task.channel_id}: {why}; {dm_note}"
+        log.warning("task %s is undeliverable: %s", task.id, reason)
+        await self.bot.tracker.mark_undeliverable(task.id, reason)
+
+    async def _direct_message(self, task: TaskRecord, why: str) -> str:
+        try:
+            # Opens (or reuses) the DM channel from the id alone: no user lookup needed.
+            dm = await self.bot.create_dm(discord.Object(id=task.user_id))
+            post = await self._prepare(task, DEFAULT_UPLOAD_LIMIT)
+            prefix = f"I could not post in <#{task.channel_id}> ({why}), so here it is."
+            await dm.send(**self._message(task, post, prefix=prefix))
+        except discord.Forbidden:
+            return "the member does not accept direct messages"
+        except discord.HTTPException as exc:
+            return f"the direct message failed too ({exc.status})"
+        return "sent to the member by direct message"
+
+
+# --- live status messages ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Live:
+    interaction: discord.Interaction[Any]
+    expires_at: float
+    changes: tuple[str, ...]
+    last_edit: float = 0.0
+    latest: TaskRecord | None = None
+    pending: asyncio.Task[None] | None = None
+
+
+class StatusMessages:
+    """Edits each member's deferred reply as their task moves, while the token is valid."""
+
+    def __init__(self, bot: KlingBot) -> None:
+        self.bot = bot
+        self._live: dict[int, _Live] = {}
+        self.interval = STATUS_EDIT_INTERVAL
+
+    def __contains__(self, task_id: int) -> bool:
+        return task_id in self._live
+
+    async def follow(
+        self,
+        task: TaskRecord,
+        interaction: discord.Interaction[Any],
+        changes: tuple[str, ...] = (),
+    ) -> None:
+        now = time.time()
+        for stale in [tid for tid, e in self._live.items() if e.expires_at <= now]:
+            self._forget(stale)  # tokens past their window are never used again
+        expires = interaction.created_at.timestamp() + STATUS_EDIT_WINDOW
+        entry = _Live(interaction, expires, changes)
+        self._live[task.id] = entry
+        # The task may have moved on between submit and now: show its current record.
+        current = await self.bot.tracker.store.get(task.id) or task
+        await self._edit(task.id, entry, current)
+
+    async def on_event(self, event: TaskEvent) -> None:
+        entry = self._live.get(event.task.id)
+        if entry is None:
+            return
+        entry.latest = event.task
+        if entry.pending is not None:
+            return  # the scheduled edit will show the latest record
+        wait = entry.last_edit + self.interval - time.monotonic()
+        if wait <= 0:
+            await self._edit(event.task.id, entry, event.task)
+        else:
+            entry.pending = asyncio.create_task(self._later(event.task.id, entry, wait))
+
+    async def _later(self, task_id: int, entry: _Live, wait: float) -> None:
+        await asyncio.sleep(wait)
+        entry.pending = None
+        if entry.latest is not None:
+            await self._edit(task_id, entry, entry.latest)
+
+    async def _edit(self, task_id: int, entry: _Live, task: TaskRecord) -> None:
+        if time.time() >= entry.expires_at:
+            self._live.pop(task_id, None)
+            return
+        entry.last_edit = time.monotonic()
+        entry.latest = None
+        position = self.bot.tracker.queue_position(task_id) if task.is_active else None
+        embed = embeds.status_embed(task, position=position, changes=entry.changes)
+        try:
+            await entry.interaction.edit_original_response(content=None, embed=embed)
+        except discord.HTTPException as exc:
+            # An invalid token must not be used again (invalid requests count toward a ban).
+            log.info("task %s: status message no longer editable (%s)", task_id, exc.status)
+            self._live.pop(task_id, None)
+            return
+        if task.is_final:
+            self._live.pop(task_id, None)
+
+    def _forget(self, task_id: int) -> None:
+        entry = self._live.pop(task_id, None)
+        if entry is not None and entry.pending is not None:
+            entry.pending.cancel()
+
+    async def close(self) -> None:
+        for task_id in list(self._live):
+            self._forget(task_id)

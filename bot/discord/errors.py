@@ -1,0 +1,135 @@
+"""The one error handler for slash commands, and a reply helper that works at any stage.
+
+Known errors become short ephemeral messages; anything else is logged with its traceback and
+the member gets an error id that is also in the log, so a report can be matched to its cause.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+
+if TYPE_CHECKING:
+    from bot.discord.bot import KlingBot
+
+log = logging.getLogger(__name__)
+
+# What the bot needs in a channel to post results (threads need their own send permission).
+REQUIRED_PERMISSIONS = ("send_messages", "attach_files", "embed_links")
+
+
+def permission_names(names: list[str]) -> str:
+    return ", ".join(name.replace("_", " ").title() for name in names)
+
+
+async def reply(
+    interaction: discord.Interaction[Any],
+    content: str | None = None,
+    *,
+    embed: discord.Embed | None = None,
+    ephemeral: bool = True,
+    view: discord.ui.View | None = None,
+) -> None:
+    """Answer whether or not the interaction was already responded to or deferred."""
+    kwargs: dict[str, Any] = {"content": content, "ephemeral": ephemeral}
+    if embed is not None:
+        kwargs["embed"] = embed
+    if view is not None:
+        kwargs["view"] = view
+    if interaction.response.is_done():
+        await interaction.followup.send(**kwargs)
+    else:
+        await interaction.response.send_message(**kwargs)
+
+
+async def refuse(interaction: discord.Interaction[Any], message: str) -> None:
+    """Tell only the member; remove a public "thinking..." placeholder nobody needs to see."""
+    placeholder = (
+        interaction.response.type is discord.InteractionResponseType.deferred_channel_message
+        and not interaction.extras.get("status_shown")
+    )
+    if placeholder:
+        # Discord turns the first followup after a deferral into the deferred message itself,
+        # ignoring its ephemeral flag: remove the placeholder first so the refusal stays private.
+        try:
+            await interaction.delete_original_response()
+        except discord.HTTPException:
+            log.debug("could not delete the deferred placeholder", exc_info=True)
+    await reply(interaction, message, ephemeral=True)
+
+
+def missing_channel_permissions(interaction: discord.Interaction[Any]) -> list[str]:
+    if interaction.guild_id is None:
+        return []
+    perms = interaction.app_permissions
+    wanted = list(REQUIRED_PERMISSIONS)
+    if isinstance(interaction.channel, discord.Thread):
+        wanted[0] = "send_messages_in_threads"
+    return [name for name in wanted if not getattr(perms, name)]
+
+
+class KlingCommandTree(app_commands.CommandTree["KlingBot"]):
+    async def interaction_check(self, interaction: discord.Interaction[KlingBot], /) -> bool:
+        # Refuse up front, naming the permissions, instead of failing when the result is ready.
+        if interaction.type is not discord.InteractionType.application_command:
+            return True
+        command = interaction.command
+        root = command.root_parent if command is not None else None
+        if root is not None and root.name == "kling":
+            missing = missing_channel_permissions(interaction)
+            if missing:
+                raise app_commands.BotMissingPermissions(missing)
+        return True
+
+    async def on_error(
+        self, interaction: discord.Interaction[KlingBot], error: app_commands.AppCommandError, /
+    ) -> None:
+        message = self.message_for(error)
+        if message is None:
+            error_id = secrets.token_hex(3).upper()
+            command = interaction.command.qualified_name if interaction.command else "?"
+            original = getattr(error, "original", error)
+            log.error(
+                "command /%s failed (error id %s, guild %s, user %s)",
+                command,
+                error_id,
+                interaction.guild_id,
+                interaction.user.id,
+                exc_info=original,
+            )
+            message = f"Something went wrong (error id {error_id}). Please try again later."
+        try:
+            await refuse(interaction, message)
+        except discord.HTTPException:
+            # The token may have expired or the interaction was never acknowledged in time.
+            log.warning("could not tell the member about an error", exc_info=True)
+
+    @staticmethod
+    def message_for(error: app_commands.AppCommandError) -> str | None:
+        if isinstance(error, app_commands.CommandOnCooldown):
+            return f"Slow down: try again in {error.retry_after:.0f} s."
+        if isinstance(error, app_commands.BotMissingPermissions):
+            return (
+                "I am missing permissions in this channel: "
+                f"{permission_names(error.missing_permissions)}. Ask a server admin to grant "
+                "them, or use another channel."
+            )
+        if isinstance(error, app_commands.MissingPermissions):
+            return f"You need these permissions: {permission_names(error.missing_permissions)}."
+        if isinstance(error, app_commands.NoPrivateMessage):
+            return "This command only works in a server."
+        if isinstance(error, app_commands.CheckFailure):
+            text = str(error)
+            # discord.py's generic CheckFailure text is not meant for members.
+            if not text or text.startswith("The check functions"):
+                return "You cannot use this command here."
+            return text
+        if isinstance(error, app_commands.TransformerError):
+            return f"I could not use “{error.value}” for this option: check the value."
+        if isinstance(error, app_commands.CommandNotFound | app_commands.CommandSignatureMismatch):
+            return "This command is out of date. Please try again in a minute."
+        return None

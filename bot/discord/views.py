@@ -1,0 +1,261 @@
+"""Buttons on result messages and the Animate modal.
+
+The buttons are ``DynamicItem``s: the task id lives in the ``custom_id``
+(``kling:again:12``), so a button on a week-old message still works after any number of
+restarts without keeping views in memory. They are registered in ``KlingBot.setup_hook``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.discord import embeds
+from bot.discord.checks import Refused, guild_config, is_moderator
+from bot.discord.errors import refuse, reply
+from bot.kling.errors import KlingInvalidRequest
+from bot.kling.models import VIDEO_ASPECT_RATIOS, TaskKind
+from bot.tasks.models import TaskRecord
+
+if TYPE_CHECKING:
+    from bot.discord.bot import KlingBot
+
+log = logging.getLogger(__name__)
+
+MAX_ANIMATE_IMAGES = 4
+
+
+async def _load_task(interaction: discord.Interaction[KlingBot], task_id: int) -> TaskRecord:
+    task = await interaction.client.tracker.store.get(task_id)
+    if task is None:
+        raise Refused(f"Task #{task_id} no longer exists.")
+    return task
+
+
+async def _require_owner_or_moderator(
+    interaction: discord.Interaction[KlingBot], task: TaskRecord
+) -> None:
+    if interaction.user.id == task.user_id:
+        return
+    config = await guild_config(interaction.client.tracker.store, interaction.guild_id)
+    if not is_moderator(interaction, config):
+        raise Refused("Only the member who asked for this, or a moderator, can use this button.")
+
+
+async def _report(interaction: discord.Interaction[KlingBot], exc: Exception, what: str) -> None:
+    """Buttons and modals bypass the command tree's handler: same treatment here."""
+    if isinstance(exc, Refused):
+        await refuse(interaction, str(exc))
+        return
+    error_id = f"{id(exc) & 0xFFFFFF:06X}"
+    log.error("%s failed (error id %s)", what, error_id, exc_info=exc)
+    try:
+        await refuse(interaction, f"Something went wrong (error id {error_id}).")
+    except discord.HTTPException:
+        log.warning("could not report an error to the member", exc_info=True)
+
+
+class AgainButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"kling:again:(?P<id>[0-9]+)"
+):
+    def __init__(self, task_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Again",
+                emoji="🔁",
+                style=discord.ButtonStyle.primary,
+                custom_id=f"kling:again:{task_id}",
+            )
+        )
+        self.task_id = task_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> AgainButton:
+        return cls(int(match["id"]))
+
+    async def callback(self, interaction: discord.Interaction[KlingBot]) -> None:  # type: ignore[override]
+        bot = interaction.client
+        try:
+            task = await _load_task(interaction, self.task_id)
+            await _require_owner_or_moderator(interaction, task)
+            await interaction.response.defer(thinking=True)
+            await bot.check_request(interaction, task.params)
+            origin = bot.origin_of(interaction)
+            try:
+                new = await bot.tracker.resubmit(task.id, origin)
+            except (LookupError, FileNotFoundError, KlingInvalidRequest) as exc:
+                raise Refused(f"Cannot run {task.short_ref} again: {exc}.") from None
+            interaction.extras["status_shown"] = True
+            await bot.status_messages.follow(new, interaction)
+        except Exception as exc:
+            await _report(interaction, exc, f"Again on task {self.task_id}")
+
+
+class AnimateButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"kling:animate:(?P<id>[0-9]+)"
+):
+    def __init__(self, task_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Animate",
+                emoji="🎬",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"kling:animate:{task_id}",
+            )
+        )
+        self.task_id = task_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> AnimateButton:
+        return cls(int(match["id"]))
+
+    async def callback(self, interaction: discord.Interaction[KlingBot]) -> None:  # type: ignore[override]
+        try:
+            task = await _load_task(interaction, self.task_id)
+            await _require_owner_or_moderator(interaction, task)
+            if task.kind != TaskKind.IMAGE or not task.result_files:
+                raise Refused("Only finished image results can be animated.")
+            # A modal must be the first response: only quick store reads happen before it.
+            await interaction.response.send_modal(AnimateModal(task))
+        except Exception as exc:
+            await _report(interaction, exc, f"Animate on task {self.task_id}")
+
+
+class DetailsButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"kling:details:(?P<id>[0-9]+)"
+):
+    def __init__(self, task_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Details",
+                emoji="ℹ️",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"kling:details:{task_id}",
+            )
+        )
+        self.task_id = task_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> DetailsButton:
+        return cls(int(match["id"]))
+
+    async def callback(self, interaction: discord.Interaction[KlingBot]) -> None:  # type: ignore[override]
+        try:
+            task = await _load_task(interaction, self.task_id)
+            await reply(interaction, embed=embeds.details_embed(task))
+        except Exception as exc:
+            await _report(interaction, exc, f"Details on task {self.task_id}")
+
+
+DYNAMIC_ITEMS = (AgainButton, AnimateButton, DetailsButton)
+
+
+def result_view(task: TaskRecord, *, succeeded: bool) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(AgainButton(task.id))
+    if succeeded and task.kind == TaskKind.IMAGE:
+        view.add_item(AnimateButton(task.id))
+    view.add_item(DetailsButton(task.id))
+    return view
+
+
+def nearest_video_ratio(aspect_ratio: str | None) -> str:
+    """Kling videos come in three shapes: pick the closest to the image's."""
+    if aspect_ratio in VIDEO_ASPECT_RATIOS:
+        return aspect_ratio  # type: ignore[return-value]
+    try:
+        w, h = (float(x) for x in (aspect_ratio or "16:9").split(":"))
+    except ValueError:
+        return "16:9"
+    ratio = w / h
+    return min(VIDEO_ASPECT_RATIOS, key=lambda r: abs(_ratio(r) - ratio))
+
+
+def _ratio(text: str) -> float:
+    w, h = text.split(":")
+    return float(w) / float(h)
+
+
+class AnimateModal(discord.ui.Modal):
+    """Asks for the video prompt; mode and duration have defaults."""
+
+    def __init__(self, task: TaskRecord) -> None:
+        super().__init__(
+            title=f"Animate {task.short_ref}",
+            timeout=900,
+            custom_id=f"kling:animate-modal:{task.id}",
+        )
+        self.task_id = task.id
+        self.prompt: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
+            label="Prompt: what should happen in the video?",
+            custom_id="prompt",
+            style=discord.TextStyle.paragraph,
+            default=embeds.short(task.params.get("prompt"), 2500) or None,
+            max_length=2500,
+            required=True,
+        )
+        self.mode: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
+            label="Mode: std or pro", custom_id="mode", default="std", required=False, max_length=3
+        )
+        self.duration: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
+            label="Duration in seconds: 5 or 10",
+            custom_id="duration",
+            default="5",
+            required=False,
+            max_length=2,
+        )
+        self.add_item(self.prompt)
+        self.add_item(self.mode)
+        self.add_item(self.duration)
+
+    async def on_submit(self, interaction: discord.Interaction[KlingBot]) -> None:  # type: ignore[override]
+        try:
+            await self._submit(interaction)
+        except Exception as exc:
+            await _report(interaction, exc, f"Animate of task {self.task_id}")
+
+    async def _submit(self, interaction: discord.Interaction[KlingBot]) -> None:
+        mode = (self.mode.value or "std").strip().lower()
+        duration = (self.duration.value or "5").strip().rstrip("s").strip()
+        if mode not in ("std", "pro"):
+            raise Refused(f"Mode must be std or pro, not “{mode}”.")
+        if duration not in ("5", "10"):
+            raise Refused(f"Duration must be 5 or 10 seconds, not “{duration}”.")
+        bot = interaction.client
+        task = await _load_task(interaction, self.task_id)
+        await _require_owner_or_moderator(interaction, task)
+        await interaction.response.defer(thinking=True)
+        paths = bot.tracker.result_paths(task)[:MAX_ANIMATE_IMAGES]
+        if not paths:
+            raise Refused("The result images of this task were cleaned up: run it again first.")
+        datas = await asyncio.gather(*(asyncio.to_thread(p.read_bytes) for p in paths))
+        items = [(f"image{i + 1}", data) for i, data in enumerate(datas)]
+        params: dict[str, Any] = {
+            "prompt": self.prompt.value.strip(),
+            "mode": mode,
+            "duration": duration,
+            "aspect_ratio": nearest_video_ratio(task.params.get("aspect_ratio")),
+        }
+        await bot.submit_request(interaction, TaskKind.VIDEO, params, items)

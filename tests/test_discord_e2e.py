@@ -1,0 +1,652 @@
+"""End to end: the real discord.py against tests/fake_discord.py, the simulator as Kling.
+
+Every test runs the whole bot (KlingBot + tracker + SQLite store + webhook listener) the way
+``run_bot`` does, drives it with slash commands and button clicks over the fake gateway, and
+asserts on what reached "Discord" (the fake's recorded requests and messages) and "Kling" (the
+simulator's tasks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import io
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from bot.config import ConfigError, Settings
+from bot.discord.bot import KlingBot
+from bot.discord.embeds import LINK_NOTE, SIMULATED_NOTE
+from bot.discord.runner import Services, open_services, run_bot, sync_commands
+from bot.kling.simulator import KlingSimulator, SimulatorConfig
+from bot.tasks.models import TaskState
+from tests.fake_discord import FakeDiscord, FakeMessage
+
+TOKEN = "fake-bot-token"
+EPHEMERAL = 64
+P_MANAGE_MESSAGES = 1 << 13
+
+
+def png_bytes(size: tuple[int, int] = (400, 400), colour: str = "red") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def webp_bytes(size: tuple[int, int] = (400, 300)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, "blue").save(buf, "WEBP")
+    return buf.getvalue()
+
+
+@dataclass
+class World:
+    fake: FakeDiscord
+    sim: KlingSimulator
+    settings: Settings
+    guild_id: int
+    channel_id: int
+    tmp: Path
+    bot: KlingBot | None = None
+    services: Services | None = None
+    _stack: contextlib.AsyncExitStack | None = None
+    _run: asyncio.Task[None] | None = None
+
+    async def start_bot(self) -> KlingBot:
+        stack = contextlib.AsyncExitStack()
+        self.services = await stack.enter_async_context(open_services(self.settings))
+        bot = KlingBot(
+            settings=self.services.settings,
+            tracker=self.services.tracker,
+            guild_ready_timeout=0.05,
+        )
+        # Tests want quick retries and edits; production values are seconds.
+        bot.delivery.retry_base_delay = 0.05
+        bot.status_messages.interval = 0.2
+        self.bot, self._stack = bot, stack
+        self._run = asyncio.create_task(bot.start(TOKEN))
+        await self.fake.wait_until_ready()
+        await asyncio.wait_for(bot.wait_until_ready(), 5)
+        return bot
+
+    async def stop_bot(self) -> None:
+        if self.bot is not None:
+            await self.bot.close()
+        if self._run is not None:
+            await self._run
+        if self._stack is not None:
+            await self._stack.aclose()
+        self.bot = self.services = self._stack = self._run = None
+
+    @property
+    def tracker(self) -> Any:
+        assert self.services is not None
+        return self.services.tracker
+
+    async def task_state(self, task_id: int) -> TaskState | None:
+        record = await self.tracker.store.get(task_id)
+        return None if record is None else record.state
+
+    async def wait_state(self, task_id: int, *states: TaskState) -> None:
+        async def reached() -> bool:
+            return await self.task_state(task_id) in states
+
+        await until(reached)
+
+    def result_messages(self, channel_id: int | None = None) -> list[FakeMessage]:
+        """Posts made with the bot token (not interaction responses) carrying a task footer."""
+        channel = self.channel_id if channel_id is None else channel_id
+        return [
+            m
+            for m in self.fake.messages(channel)
+            if m.interaction_id is None
+            and m.webhook_id is None
+            and any("Task #" in ((e.get("footer") or {}).get("text") or "") for e in m.embeds)
+        ]
+
+    async def wait_result(
+        self, predicate: Callable[[FakeMessage], bool] | None = None
+    ) -> FakeMessage:
+        def found() -> FakeMessage | None:
+            return next(
+                (m for m in self.result_messages() if predicate is None or predicate(m)), None
+            )
+
+        return await until(found)
+
+    async def first_followup(self, interaction: Any) -> FakeMessage:
+        return await until(lambda: next(iter(self.fake.followups(interaction)), None))
+
+
+async def until(check: Callable[[], Any], limit: float = 10.0) -> Any:
+    """Poll ``check`` (sync or async) until it returns something truthy.
+
+    The tracker and the simulator run on their own clocks and publish nothing to wait on.
+    """
+    async with asyncio.timeout(limit):
+        while True:
+            value = check()
+            if inspect.isawaitable(value):
+                value = await value
+            if value:
+                return value
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    fake = FakeDiscord(token=TOKEN)
+    await fake.start()
+    guild = fake.add_guild(channels=("generation",))
+    channel_id = next(iter(guild.channels))
+    sim = KlingSimulator(SimulatorConfig(submitted_seconds=0.1, processing_seconds=0.4, seed=1))
+    base_url = await sim.start()
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        discord_token=TOKEN,
+        discord_api_base=fake.api_base,
+        discord_gateway_url=fake.gateway_url,
+        kling_provider="simulator",
+        kling_base_url=base_url,
+        data_dir=tmp_path / "data",
+        database_url=f"sqlite:///{tmp_path / 'bot.db'}",
+        webhook_host="127.0.0.1",
+        webhook_port=0,
+        poll_first_delay=0.1,
+        poll_max_interval=0.3,
+    )
+    w = World(fake, sim, settings, guild.id, channel_id, tmp_path)
+    with fake.patch_discord_py():
+        try:
+            yield w
+        finally:
+            await w.stop_bot()
+            await sim.close()
+            await fake.close()
+    assert not fake.unknown_requests, [(r.method, r.path) for r in fake.unknown_requests]
+
+
+def content_mentions(message: FakeMessage, user_id: int) -> bool:
+    return f"<@{user_id}>" in message.content
+
+
+async def run_image(world: World, **attachments: Any) -> Any:
+    return await world.fake.send_slash_command(
+        "kling",
+        subcommand="image",
+        options={"prompt": "a red cube on a table", "count": 2, "aspect_ratio": "1:1"},
+        attachments=attachments or {"subject1": ("cube.png", png_bytes())},
+    )
+
+
+# --- the happy paths ----------------------------------------------------------------------------
+
+
+async def test_image_end_to_end(world: World) -> None:
+    bot = await world.start_bot()
+    user = world.fake.default_user
+    interaction = await run_image(
+        world, subject1=("cube.png", png_bytes()), subject2=("side.webp", webp_bytes())
+    )
+    callback = await world.fake.wait_for_callback(interaction)
+    assert interaction.callback_type == 5  # deferred at once, public ("thinking")
+    assert not (callback.get("data") or {}).get("flags", 0) & EPHEMERAL
+
+    message = await world.wait_result()
+    assert len(world.sim.tasks) == 1
+    sim_task = next(iter(world.sim.tasks.values()))
+    assert sim_task.n == 2 and sim_task.aspect_ratio == "1:1"
+    assert content_mentions(message, user.id)
+    assert len(message.attachments) == 2
+    for att in message.attachments:
+        with Image.open(io.BytesIO(att.data)) as im:
+            assert im.format == "PNG"
+            im.load()
+    footer = message.embeds[0]["footer"]["text"]
+    assert "Task #1" in footer and SIMULATED_NOTE in footer
+    custom_ids = [c["custom_id"] for row in message.components for c in row["components"]]
+    assert custom_ids == ["kling:again:1", "kling:animate:1", "kling:details:1"]
+
+    # Only the member is pinged: no @everyone or role pings through a prompt.
+    post = world.fake.requests_to("POST", rf"/channels/{world.channel_id}/messages")[-1]
+    assert [int(u) for u in post.json["allowed_mentions"]["users"]] == [user.id]
+    assert not post.json["allowed_mentions"].get("parse")
+
+    await world.wait_state(1, TaskState.DELIVERED)
+    # The status message followed the task and mentions the WebP conversion.
+    original = world.fake.original_message(interaction)
+    assert original is not None and original.embeds
+    fields = {f["name"]: f["value"] for f in original.embeds[0].get("fields", [])}
+    assert "subject2" in fields.get("Input adjustments", "")
+    assert "#1" in original.embeds[0]["title"]
+    assert bot.tracker.health_checks and bot.tracker.health_checks[0]() == ("discord", True)
+    # The webhook listener runs on the bound port and reports the Discord connection.
+    assert world.services is not None
+    async with world.services.session.get(
+        f"http://127.0.0.1:{bot.webhook_port}/healthz"
+    ) as response:
+        assert response.status == 200
+
+
+async def test_video_end_to_end(world: World) -> None:
+    await world.start_bot()
+    interaction = await world.fake.send_slash_command(
+        "kling",
+        subcommand="video",
+        options={"prompt": "the cube spins", "mode": "pro", "duration": "5"},
+        attachments={"image1": ("cube.png", png_bytes((640, 360)))},
+    )
+    await world.fake.wait_for_callback(interaction)
+    message = await world.wait_result()
+    sim_task = next(iter(world.sim.tasks.values()))
+    assert sim_task.mode == "pro" and sim_task.duration == "5"
+    assert content_mentions(message, world.fake.default_user.id)
+    assert len(message.attachments) == 1
+    video = message.attachments[0]
+    assert video.filename.endswith(".mp4")
+    assert video.data[4:8] == b"ftyp"
+    custom_ids = [c["custom_id"] for row in message.components for c in row["components"]]
+    assert "kling:animate:1" not in custom_ids  # videos cannot be animated
+
+
+# --- refusals: nothing reaches Kling ------------------------------------------------------------
+
+
+async def test_bad_attachment_is_refused_and_nothing_submitted(world: World) -> None:
+    await world.start_bot()
+    interaction = await run_image(world, subject1=("photo.png", b"this is not an image at all"))
+    await world.fake.wait_for_callback(interaction)
+
+    message = await world.first_followup(interaction)
+    assert message.ephemeral
+    assert "subject1" in message.content
+    await asyncio.sleep(0.3)
+    assert world.sim.tasks == {}
+    assert await world.tracker.store.list_tasks() == []
+    # The public "thinking..." placeholder is removed, not left hanging.
+    original = world.fake.original_message(interaction)
+    assert original is None or original.deleted
+
+
+async def test_blocked_word_refused(world: World) -> None:
+    await world.start_bot()
+    await world.tracker.store.set_guild_config(world.guild_id, {"blocked_words": ["cube"]})
+    interaction = await run_image(world)
+    await world.fake.wait_for_callback(interaction)
+
+    message = await world.first_followup(interaction)
+    assert message.ephemeral and "cube" in message.content
+    assert world.sim.tasks == {}
+
+
+async def test_member_without_rights_is_refused_mod_commands(world: World) -> None:
+    await world.start_bot()
+    member = world.fake.add_user(name="member")
+    interaction = await world.fake.send_slash_command("kling-mod", subcommand="tasks", user=member)
+    data = await world.fake.wait_for_callback(interaction)
+    assert interaction.callback_type == 4
+    assert data["data"]["flags"] & EPHEMERAL
+    assert "moderator" in data["data"]["content"].lower()
+    assert "embeds" not in data["data"] or not data["data"]["embeds"]
+
+    moderator = world.fake.add_user(name="mod")
+    world.fake.add_member(world.guild_id, moderator, permissions=P_MANAGE_MESSAGES | (1 << 11))
+    interaction = await world.fake.send_slash_command(
+        "kling-mod", subcommand="tasks", user=moderator
+    )
+    data = await world.fake.wait_for_callback(interaction)
+    assert data["data"]["embeds"][0]["title"].startswith("Tasks")
+
+
+# --- restarts and buttons -----------------------------------------------------------------------
+
+
+async def test_restart_mid_task_delivers_once_and_again_works(world: World) -> None:
+    world.sim.config.processing_seconds = 1.0
+    await world.start_bot()
+    interaction = await run_image(world)
+    await world.fake.wait_for_callback(interaction)
+
+    await until(lambda: world.sim.tasks)
+    await world.stop_bot()  # mid-task: Kling is still working, nothing was posted
+    assert world.result_messages() == []
+
+    await asyncio.sleep(1.0)  # the task ends at Kling while the bot is down
+    await world.start_bot()
+    message = await world.wait_result()
+    await world.wait_state(1, TaskState.DELIVERED)
+    await asyncio.sleep(0.5)
+    assert len(world.result_messages()) == 1
+    assert len(world.sim.tasks) == 1
+
+    # Restart again: the persistent buttons still work on the old message.
+    await world.stop_bot()
+    await world.start_bot()
+    click = await world.fake.click_button(
+        message_id=message.id, custom_id="kling:again:1", channel_id=world.channel_id
+    )
+    await world.fake.wait_for_callback(click)
+    assert click.callback_type == 5
+    second = await world.wait_result(lambda m: "Task #2" in m.embeds[0]["footer"]["text"])
+    assert len(world.sim.tasks) == 2
+    assert len(second.attachments) == 2
+
+
+async def test_again_refused_for_other_members(world: World) -> None:
+    await world.start_bot()
+    interaction = await run_image(world)
+    await world.fake.wait_for_callback(interaction)
+    message = await world.wait_result()
+    stranger = world.fake.add_user(name="stranger")
+    click = await world.fake.click_button(
+        message_id=message.id, custom_id="kling:again:1", user=stranger
+    )
+    data = await world.fake.wait_for_callback(click)
+    assert data["data"]["flags"] & EPHEMERAL
+    await asyncio.sleep(0.3)
+    assert len(world.sim.tasks) == 1
+
+
+async def test_animate_turns_images_into_a_video(world: World) -> None:
+    await world.start_bot()
+    interaction = await run_image(world)
+    await world.fake.wait_for_callback(interaction)
+    message = await world.wait_result()
+    click = await world.fake.click_button(message_id=message.id, custom_id="kling:animate:1")
+    await world.fake.wait_for_callback(click)
+    assert click.modal is not None and click.modal["custom_id"] == "kling:animate-modal:1"
+    submit = await world.fake.submit_modal(
+        custom_id="kling:animate-modal:1",
+        values={"prompt": "the cube flies away", "mode": "std", "duration": "5"},
+        message_id=message.id,
+    )
+    await world.fake.wait_for_callback(submit)
+    video = await world.wait_result(lambda m: "Task #2" in m.embeds[0]["footer"]["text"])
+    assert video.attachments[0].data[4:8] == b"ftyp"
+    kinds = sorted(str(t.kind) for t in world.sim.tasks.values())
+    assert kinds == ["image", "video"]
+
+
+# --- delivery problems --------------------------------------------------------------------------
+
+
+async def test_upload_too_large_sends_the_link(world: World) -> None:
+    await world.start_bot()
+    # Discord answers 413 for this channel's uploads: the post must go out with links instead.
+    world.fake.fail_next(
+        "POST", rf"/channels/{world.channel_id}/messages", 413, code=40005, message="too large"
+    )
+    interaction = await run_image(world)
+    await world.fake.wait_for_callback(interaction)
+    message = await world.wait_result()
+    assert message.attachments == []
+    fields = {f["name"]: f["value"] for f in message.embeds[0]["fields"]}
+    assert LINK_NOTE in fields["Links"]
+    assert world.settings.kling_base_url and world.settings.kling_base_url in fields["Links"]
+    await world.wait_state(1, TaskState.DELIVERED)
+
+
+@pytest.mark.parametrize("problem", ["no permission", "channel deleted"])
+async def test_channel_gone_or_forbidden_dms_the_member(world: World, problem: str) -> None:
+    world.sim.config.processing_seconds = 0.8
+    await world.start_bot()
+    interaction = await run_image(world)
+    await world.fake.wait_for_callback(interaction)
+    # The bot could post when the command ran; the channel changes while Kling works.
+    if problem == "no permission":
+        world.fake.set_channel_permissions(world.channel_id, can_send=False)
+    else:
+        world.fake.delete_channel(world.channel_id)
+    await world.wait_state(1, TaskState.UNDELIVERABLE)
+    record = await world.tracker.store.get(1)
+    expected = "permission" if problem == "no permission" else "no longer exists"
+    assert expected in (record.delivery_error or "")
+    assert "direct message" in (record.delivery_error or "")
+    dms = [c for c in world.fake.channels.values() if c.type == 1]
+    assert len(dms) == 1
+    dm_messages = world.fake.messages(dms[0].id)
+    assert len(dm_messages) == 1 and len(dm_messages[0].attachments) == 2
+    assert world.result_messages() == []
+
+
+async def test_transient_discord_errors_are_retried_once_posted(world: World) -> None:
+    await world.start_bot()
+    # 503 is not retried by discord.py itself (500/502/504 are): delivery's own retries act.
+    rule = world.fake.fail_next(
+        "POST", rf"/channels/{world.channel_id}/messages", 503, count=2, message="unavailable"
+    )
+    interaction = await run_image(world)
+    await world.fake.wait_for_callback(interaction)
+    await world.wait_result()
+    await world.wait_state(1, TaskState.DELIVERED)
+    assert len(rule.hits) == 2
+    assert len(world.result_messages()) == 1
+
+
+async def test_persistent_discord_errors_end_undeliverable(world: World) -> None:
+    await world.start_bot()
+    world.fake.fail_next("POST", rf"/channels/{world.channel_id}/messages", 503, count=50)
+    interaction = await run_image(world)
+    await world.fake.wait_for_callback(interaction)
+    await world.wait_state(1, TaskState.UNDELIVERABLE)
+    record = await world.tracker.store.get(1)
+    assert "503" in (record.delivery_error or "")
+
+
+# --- permissions up front, moderation, member commands -----------------------------------------
+
+
+async def test_missing_bot_permissions_are_named_up_front(world: World) -> None:
+    await world.start_bot()
+    world.fake.set_channel_permissions(world.channel_id, can_send=True, can_attach_files=False)
+    interaction = await run_image(world)
+    data = await world.fake.wait_for_callback(interaction)
+    assert interaction.callback_type == 4
+    assert data["data"]["flags"] & EPHEMERAL
+    assert "Attach Files" in data["data"]["content"]
+    await asyncio.sleep(0.2)
+    assert world.sim.tasks == {}
+
+
+async def test_moderator_config_blocks_words_and_limits_channels(world: World) -> None:
+    await world.start_bot()
+    moderator = world.fake.add_user(name="mod")
+    world.fake.add_member(world.guild_id, moderator, permissions=P_MANAGE_MESSAGES | (1 << 11))
+    interaction = await world.fake.send_slash_command(
+        "kling-mod",
+        subcommand="config",
+        options={"block_word": "Cube", "max_active": 5},
+        user=moderator,
+    )
+    data = await world.fake.wait_for_callback(interaction)
+    assert data["data"]["flags"] & EPHEMERAL
+    config = await world.tracker.store.get_guild_config(world.guild_id)
+    assert config["blocked_words"] == ["cube"] and config["max_active"] == 5
+
+    refused = await run_image(world)  # "a red cube on a table": whole word, any case
+    await world.fake.wait_for_callback(refused)
+    await asyncio.sleep(0.3)
+    assert world.sim.tasks == {}
+    assert "cube" in world.fake.followups(refused)[0].content
+
+    # Only listed channels take commands once any is listed.
+    other = world.fake.add_channel(world.guild_id, name="elsewhere")
+    await world.tracker.store.set_guild_config(
+        world.guild_id, {"allowed_channels": [other.id], "blocked_words": []}
+    )
+    refused = await run_image(world)
+    await world.fake.wait_for_callback(refused)
+    await asyncio.sleep(0.3)
+    message = world.fake.followups(refused)[0]
+    assert message.ephemeral and f"<#{other.id}>" in message.content
+    assert world.sim.tasks == {}
+
+
+async def test_moderator_cancel_running_task_is_not_posted(world: World) -> None:
+    world.sim.config.processing_seconds = 1.0
+    await world.start_bot()
+    interaction = await run_image(world)
+    await world.fake.wait_for_callback(interaction)
+    await world.wait_state(1, TaskState.SUBMITTED, TaskState.PROCESSING)
+    moderator = world.fake.add_user(name="mod")
+    world.fake.add_member(world.guild_id, moderator, permissions=P_MANAGE_MESSAGES | (1 << 11))
+    cancel = await world.fake.send_slash_command(
+        "kling-mod", subcommand="cancel", options={"task": "#1"}, user=moderator
+    )
+    data = await world.fake.wait_for_callback(cancel)
+    assert "will not be posted" in data["data"]["content"]
+    await world.wait_state(1, TaskState.CANCELLED)
+    await asyncio.sleep(0.3)
+    assert world.result_messages() == []
+
+
+async def test_member_status_queue_help_and_details(world: World) -> None:
+    await world.start_bot()
+    interaction = await run_image(world)
+    await world.fake.wait_for_callback(interaction)
+    message = await world.wait_result()
+    await world.wait_state(1, TaskState.DELIVERED)
+
+    status = await world.fake.send_slash_command(
+        "kling", subcommand="status", options={"task": "#1"}
+    )
+    data = await world.fake.wait_for_callback(status)
+    embed = data["data"]["embeds"][0]
+    assert "#1" in embed["title"] and "delivered" in embed["title"]
+    ids = next(f["value"] for f in embed["fields"] if f["name"] == "Ids")
+    sim_id = next(iter(world.sim.tasks))
+    assert sim_id in ids
+
+    # Another member cannot look at it.
+    stranger = world.fake.add_user(name="stranger")
+    status = await world.fake.send_slash_command(
+        "kling", subcommand="status", options={"task": "1"}, user=stranger
+    )
+    data = await world.fake.wait_for_callback(status)
+    assert "embeds" not in data["data"] or not data["data"]["embeds"]
+
+    queue = await world.fake.send_slash_command("kling", subcommand="queue")
+    data = await world.fake.wait_for_callback(queue)
+    assert data["data"]["flags"] & EPHEMERAL and data["data"]["embeds"][0]["title"] == "Kling queue"
+
+    help_ = await world.fake.send_slash_command("kling", subcommand="help")
+    data = await world.fake.wait_for_callback(help_)
+    assert "/kling image" in [f["name"] for f in data["data"]["embeds"][0]["fields"]]
+
+    details = await world.fake.click_button(
+        message_id=message.id, custom_id="kling:details:1", user=stranger
+    )
+    data = await world.fake.wait_for_callback(details)
+    assert data["data"]["flags"] & EPHEMERAL and "#1" in data["data"]["embeds"][0]["title"]
+
+
+# --- the runner ----------------------------------------------------------------------------------
+
+
+async def test_sync_commands_over_rest_only(world: World) -> None:
+    names = await sync_commands(world.settings, world.guild_id)
+    assert names == ["/kling", "/kling-mod"]
+    assert not world.fake.gateway_connections  # REST only: no gateway session
+    commands = {c["name"]: c for c in world.fake.commands(world.guild_id)}
+    assert set(commands) == {"kling", "kling-mod"}
+    assert int(commands["kling-mod"]["default_member_permissions"]) == P_MANAGE_MESSAGES
+    assert commands["kling-mod"]["contexts"] == [0] and commands["kling"]["contexts"] == [0]
+    image = next(o for o in commands["kling"]["options"] if o["name"] == "image")
+    options = {o["name"]: o for o in image["options"]}
+    assert options["subject1"]["type"] == 11 and options["subject1"]["required"]
+    assert options["style"]["type"] == 11 and not options["style"].get("required")
+    assert options["count"]["min_value"] == 1 and options["count"]["max_value"] == 9
+    assert all(o.get("description") for o in options.values())
+
+
+async def test_run_bot_requires_a_token(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, discord_token=None, data_dir=tmp_path)  # type: ignore[call-arg]
+    with pytest.raises(ConfigError, match="DISCORD_TOKEN"):
+        await run_bot(settings, simulate=True)
+
+
+async def test_oversized_attachment_is_refused_before_download(world: World) -> None:
+    await world.start_bot()
+    huge = b"\x89PNG\r\n\x1a\n" + b"\0" * (25 * 1024 * 1024)
+    interaction = await run_image(
+        world, subject1=("cube.png", png_bytes()), scene=("big.png", huge)
+    )
+    await world.fake.wait_for_callback(interaction)
+    message = await world.first_followup(interaction)
+    assert message.ephemeral and "scene" in message.content and "25 MB" in message.content
+    assert not world.fake.requests_to("GET", r".*big\.png")  # refused on the size alone
+    assert world.sim.tasks == {}
+
+
+async def test_unexpected_error_gives_an_error_id_that_is_logged(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    await world.start_bot()
+
+    async def broken(ref: str) -> None:
+        raise RuntimeError("database on fire")
+
+    monkeypatch.setattr(world.tracker.store, "find", broken)
+    interaction = await world.fake.send_slash_command(
+        "kling", subcommand="status", options={"task": "1"}
+    )
+    data = await world.fake.wait_for_callback(interaction)
+    content = data["data"]["content"]
+    assert data["data"]["flags"] & EPHEMERAL and "error id" in content
+    error_id = content.split("error id ")[1][:6]
+    logged = [r for r in caplog.records if error_id in r.getMessage()]
+    assert logged and logged[0].exc_info is not None
+    assert "database on fire" not in content  # internals stay in the log
+
+
+async def test_failed_task_is_posted_with_klings_reason(world: World) -> None:
+    world.sim.config.faults.task_failure_rate = 1.0
+    await world.start_bot()
+    interaction = await run_image(world)
+    await world.fake.wait_for_callback(interaction)
+    message = await world.wait_result()
+    await world.wait_state(1, TaskState.DELIVERED)
+    record = await world.tracker.store.get(1)
+    assert record.failure_reason
+    assert "failed" in message.content and content_mentions(message, record.user_id)
+    fields = {f["name"]: f["value"] for f in message.embeds[0]["fields"]}
+    assert fields["Why"] == record.failure_reason
+    assert message.attachments == []
+    custom_ids = [c["custom_id"] for row in message.components for c in row["components"]]
+    assert custom_ids == ["kling:again:1", "kling:details:1"]  # nothing to animate
+
+
+async def test_moderator_tasks_pages_usage_and_queue(world: World) -> None:
+    await world.start_bot()
+    for _ in range(2):
+        interaction = await run_image(world)
+        await world.fake.wait_for_callback(interaction)
+    await until(lambda: len(world.result_messages()) == 2)
+    moderator = world.fake.add_user(name="mod")
+    world.fake.add_member(world.guild_id, moderator, permissions=P_MANAGE_MESSAGES | (1 << 11))
+
+    # Ten per page: both tasks fit on page 1, so Prev and Next are both disabled.
+    tasks = await world.fake.send_slash_command(
+        "kling-mod", subcommand="tasks", options={"page": 1}, user=moderator
+    )
+    data = await world.fake.wait_for_callback(tasks)
+    body = data["data"]["embeds"][0]["description"]
+    assert body.index("#2") < body.index("#1")  # newest first
+    buttons = [c for row in data["data"]["components"] for c in row["components"]]
+    assert [b["label"] for b in buttons] == ["Prev", "Next"]
+    assert all(b.get("disabled") for b in buttons)  # one page only
+
+    usage = await world.fake.send_slash_command("kling-mod", subcommand="usage", user=moderator)
+    data = await world.fake.wait_for_callback(usage)
+    embed = data["data"]["embeds"][0]
+    assert f"<@{world.fake.default_user.id}>: 2 tasks (2 ok" in embed["description"]
+
+    queue = await world.fake.send_slash_command("kling-mod", subcommand="queue", user=moderator)
+    data = await world.fake.wait_for_callback(queue)
+    assert "**image**: 0 waiting" in data["data"]["embeds"][0]["description"]
