@@ -183,11 +183,10 @@ async def kling_session(
     from bot.kling.client import KlingClient
 
     async with contextlib.AsyncExitStack() as stack:
-        if settings.simulated and not settings.kling_base_url:
-            from bot.kling.simulator import KlingSimulator
+        if settings.simulated:
+            from bot.kling.simulator import simulated_settings
 
-            simulator = await stack.enter_async_context(KlingSimulator())  # on a free port
-            settings = settings.model_copy(update={"kling_base_url": simulator.base_url})
+            settings = await simulated_settings(settings, stack)
         settings.require_kling_credentials()
         session = await stack.enter_async_context(aiohttp.ClientSession())
         yield settings, KlingClient.from_settings(settings, session), session

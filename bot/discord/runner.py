@@ -19,7 +19,7 @@ import discord
 from bot.config import Settings
 from bot.discord.bot import KlingBot
 from bot.kling.client import KlingClient
-from bot.kling.simulator import KlingSimulator, SimulatorConfig
+from bot.kling.simulator import SimulatorConfig, simulated_settings
 from bot.tasks.store import TaskStore, open_store
 from bot.tasks.tracker import Tracker
 
@@ -33,7 +33,6 @@ class Services:
     store: TaskStore
     client: KlingClient
     tracker: Tracker
-    simulator: KlingSimulator | None
 
 
 @contextlib.asynccontextmanager
@@ -49,17 +48,9 @@ async def open_services(
     subscribed, and closing it here happens after the bot is closed.
     """
     async with contextlib.AsyncExitStack() as stack:
-        simulator: KlingSimulator | None = None
-        # KLING_PROVIDER=simulator with KLING_BASE_URL set means a simulator running elsewhere
-        # (`kling-bot simulate`); otherwise the simulator runs in this process.
-        if simulate or (settings.simulated and not settings.kling_base_url):
-            simulator = KlingSimulator(simulator_config or SimulatorConfig())
-            base_url = await simulator.start()
-            stack.push_async_callback(simulator.close)
-            settings = settings.model_copy(
-                update={"kling_provider": "simulator", "kling_base_url": base_url}
-            )
-            log.info("simulating Kling at %s: no credits are used", base_url)
+        settings = await simulated_settings(
+            settings, stack, force=simulate, config=simulator_config
+        )
         session = aiohttp.ClientSession()
         stack.push_async_callback(session.close)
         client = KlingClient.from_settings(settings, session)
@@ -68,7 +59,7 @@ async def open_services(
         stack.push_async_callback(store.close)
         tracker = Tracker(settings=settings, store=store, client=client, session=session)
         stack.push_async_callback(tracker.close)
-        yield Services(settings, session, store, client, tracker, simulator)
+        yield Services(settings, session, store, client, tracker)
 
 
 async def run_bot(settings: Settings, *, simulate: bool) -> None:

@@ -84,7 +84,8 @@ class KlingClient:
         self._retry_budget = retry_budget
         self._base_delay = base_delay
         self._max_delay = max_delay
-        self._on_call = on_call
+        # Called after every HTTP exchange with (endpoint label, code): the tracker's metrics.
+        self.on_call = on_call
 
     @classmethod
     def from_settings(
@@ -121,15 +122,8 @@ class KlingClient:
     async def create_task(
         self, request: ImageTaskRequest | VideoTaskRequest, *, retry_busy: bool = True
     ) -> KlingTask:
-        if isinstance(request, ImageTaskRequest):
-            kind = TaskKind.IMAGE
-            minimum = self.flavour.min_subjects
-            if len(request.subject_images) < minimum:
-                raise KlingInvalidRequest(
-                    f"subject_image_list needs at least {minimum} images on {self.flavour.name}"
-                )
-        else:
-            kind = TaskKind.VIDEO
+        self.flavour.check(request)
+        kind = TaskKind.IMAGE if isinstance(request, ImageTaskRequest) else TaskKind.VIDEO
         if not request.external_task_id:
             request = request.model_copy(update={"external_task_id": new_external_task_id()})
         ext_id: str = request.external_task_id  # type: ignore[assignment]
@@ -304,8 +298,8 @@ class KlingClient:
         return envelope.data
 
     def _called(self, label: str, code: int | None) -> None:
-        if self._on_call is not None:
-            self._on_call(label, code)
+        if self.on_call is not None:
+            self.on_call(label, code)
 
 
 def _parse_task(data: Any, label: str) -> KlingTask:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from bot.kling.errors import KlingInvalidRequest
 from bot.kling.models import ImageTaskRequest, TaskKind, VideoTaskRequest
 
 ProviderName = Literal["official", "gateway", "cometapi", "simulator"]
@@ -40,6 +41,16 @@ class Flavour:
         """The path of one task (append ``/{id}``) and of the list."""
         path = self.image_query_path if kind is TaskKind.IMAGE else self.video_path
         return self.path_prefix + path
+
+    def check(self, request: ImageTaskRequest | VideoTaskRequest) -> None:
+        """Rules of this flavour beyond the request model's own (nothing is sent when it fails)."""
+        if (
+            isinstance(request, ImageTaskRequest)
+            and len(request.subject_images) < self.min_subjects
+        ):
+            raise KlingInvalidRequest(
+                f"subject_image_list: {self.name} needs at least {self.min_subjects} subject images"
+            )
 
     def image_body(self, request: ImageTaskRequest) -> dict[str, Any]:
         body = _common(request)

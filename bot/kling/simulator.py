@@ -41,6 +41,7 @@ import asyncio
 import base64
 import binascii
 import collections
+import contextlib
 import heapq
 import io
 import itertools
@@ -57,7 +58,7 @@ import jwt
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 from PIL import Image
 
-from bot.config import SIMULATOR_ACCESS_KEY, SIMULATOR_SECRET_KEY
+from bot.config import SIMULATOR_ACCESS_KEY, SIMULATOR_SECRET_KEY, Settings
 from bot.kling import sim_media
 from bot.kling.models import (
     IMAGE_ASPECT_RATIOS,
@@ -754,3 +755,25 @@ def _page_param(request: web.Request, name: str, default: int, high: int) -> int
     if not 1 <= value <= high:
         raise _invalid(f"{name}: {raw!r} must be an integer from 1 to {high}")
     return value
+
+
+async def simulated_settings(
+    settings: Settings,
+    stack: contextlib.AsyncExitStack,
+    *,
+    force: bool = False,
+    config: SimulatorConfig | None = None,
+) -> Settings:
+    """Start a simulator in this process when the settings ask for one and name none.
+
+    ``KLING_PROVIDER=simulator`` with ``KLING_BASE_URL`` set means a simulator running elsewhere
+    (``kling-bot simulate``), which is used as it is. ``force`` is the ``--simulate`` flag.
+    The simulator is closed with ``stack``; the returned settings point at it.
+    """
+    if not force and (not settings.simulated or settings.kling_base_url):
+        return settings
+    simulator = KlingSimulator(config or SimulatorConfig())
+    base_url = await simulator.start()
+    stack.push_async_callback(simulator.close)
+    log.info("simulating Kling at %s: no credits are used", base_url)
+    return settings.model_copy(update={"kling_provider": "simulator", "kling_base_url": base_url})

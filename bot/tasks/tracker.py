@@ -202,9 +202,7 @@ class Tracker:
     ) -> TaskRecord:
         params = {name: value for name, value in params.items() if value is not None}
         request = build_request(kind, params, [(label, _b64(data)) for label, data, _ in inputs])
-        minimum = self.client.flavour.min_subjects
-        if isinstance(request, ImageTaskRequest) and len(request.subject_images) < minimum:
-            raise KlingInvalidRequest(f"{self.client.flavour.name} needs {minimum} subject images")
+        self.client.flavour.check(request)
         self.admission.check_fits(kind, request.slots)
         external_task_id = new_external_task_id()
         secret = self.settings.webhook_secret
@@ -592,8 +590,8 @@ class Tracker:
         return task
 
     def _hook_call_metrics(self, client: KlingClient) -> None:
-        # The client is built before the tracker (and its metrics) exist: chain onto its hook.
-        previous = getattr(client, "_on_call", None)
+        # The client is built before the tracker (and its metrics): chain onto its hook.
+        previous = client.on_call
         record = self.metrics.kling_call
 
         def on_call(label: str, code: int | None) -> None:
@@ -601,8 +599,7 @@ class Tracker:
             if previous is not None:
                 previous(label, code)
 
-        if hasattr(client, "_on_call"):
-            client._on_call = on_call
+        client.on_call = on_call
 
 
 def build_request(
