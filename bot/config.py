@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     kling_video_concurrency: int | None = Field(default=None, ge=1)
     kling_image_model: Literal["kling-v2", "kling-v2-1"] = "kling-v2"
 
+    # Server-wide member limits (0 = none); moderators override them per guild.
+    member_max_active: int = Field(default=3, ge=0)
+    member_daily_limit: int = Field(default=50, ge=0)
+
     # Input images
     image_fit: Literal["pad", "crop"] = "pad"
 

@@ -239,7 +239,7 @@ class Moderation(commands.GroupCog, group_name="kling-mod", group_description="K
         guild_id = interaction.guild_id
         assert guild_id is not None  # guild_only
         store = self.bot.tracker.store
-        config = await guild_config(store, guild_id)
+        config = await guild_config(self.bot, guild_id)
         changed = apply_config_changes(
             config,
             allow_channel=allow_channel.id if allow_channel else None,

@@ -114,6 +114,14 @@ def test_config_changes_round_trip() -> None:
     assert again.blocked_words == ["dragon"] and again.moderator_role_id == 9
 
 
+def test_server_wide_limits_apply_until_a_guild_sets_its_own() -> None:
+    defaults = {"max_active": 7, "daily_limit": 0}
+    fresh = GuildConfig.from_dict({}, **defaults)
+    assert (fresh.max_active, fresh.daily_limit) == (7, 0)
+    own = GuildConfig.from_dict({"max_active": 2}, **defaults)
+    assert (own.max_active, own.daily_limit) == (2, 0)
+
+
 def test_animate_picks_the_closest_video_shape() -> None:
     assert nearest_video_ratio("16:9") == "16:9"
     assert nearest_video_ratio("21:9") == "16:9"

@@ -20,8 +20,8 @@ from bot.tasks.models import ACTIVE_STATES
 
 if TYPE_CHECKING:
     from bot.discord.bot import KlingBot
-    from bot.tasks.store import TaskStore
 
+# Used where no Settings are at hand; the bot passes MEMBER_MAX_ACTIVE / MEMBER_DAILY_LIMIT.
 DEFAULT_MAX_ACTIVE = 3
 DEFAULT_DAILY_LIMIT = 50
 DAY = 24 * 3600.0
@@ -47,7 +47,14 @@ class GuildConfig:
     moderator_role_id: int | None = None
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any] | None) -> GuildConfig:
+    def from_dict(
+        cls,
+        raw: dict[str, Any] | None,
+        *,
+        max_active: int = DEFAULT_MAX_ACTIVE,
+        daily_limit: int = DEFAULT_DAILY_LIMIT,
+    ) -> GuildConfig:
+        """The guild's stored config; limits it never set come from the server-wide defaults."""
         raw = raw or {}
 
         def limit(key: str, default: int) -> int:
@@ -57,8 +64,8 @@ class GuildConfig:
         role = raw.get("moderator_role_id")
         return cls(
             allowed_channels=[int(c) for c in raw.get("allowed_channels") or []],
-            max_active=limit("max_active", DEFAULT_MAX_ACTIVE),
-            daily_limit=limit("daily_limit", DEFAULT_DAILY_LIMIT),
+            max_active=limit("max_active", max_active),
+            daily_limit=limit("daily_limit", daily_limit),
             blocked_words=[str(w) for w in raw.get("blocked_words") or []],
             moderator_role_id=int(role) if role else None,
         )
@@ -73,10 +80,12 @@ class GuildConfig:
         }
 
 
-async def guild_config(store: TaskStore, guild_id: int | None) -> GuildConfig:
-    if guild_id is None:
-        return GuildConfig()
-    return GuildConfig.from_dict(await store.get_guild_config(guild_id))
+async def guild_config(bot: KlingBot, guild_id: int | None) -> GuildConfig:
+    settings = bot.settings
+    raw = await bot.tracker.store.get_guild_config(guild_id) if guild_id is not None else {}
+    return GuildConfig.from_dict(
+        raw, max_active=settings.member_max_active, daily_limit=settings.member_daily_limit
+    )
 
 
 def is_moderator(interaction: discord.Interaction[Any], config: GuildConfig) -> bool:
@@ -93,7 +102,7 @@ def is_moderator(interaction: discord.Interaction[Any], config: GuildConfig) -> 
 
 async def require_moderator(interaction: discord.Interaction[KlingBot]) -> bool:
     """Run-time check for moderator commands: default_permissions is only a hint."""
-    config = await guild_config(interaction.client.tracker.store, interaction.guild_id)
+    config = await guild_config(interaction.client, interaction.guild_id)
     if not is_moderator(interaction, config):
         raise NotModerator()
     return True
@@ -118,7 +127,7 @@ async def check_request(
     """Channel, limits and blocked words; raises Refused with a message for the member."""
     bot = interaction.client
     store = bot.tracker.store
-    config = await guild_config(store, interaction.guild_id)
+    config = await guild_config(bot, interaction.guild_id)
     channel_id = interaction.channel_id
     if interaction.guild_id is not None and config.allowed_channels:
         # A thread counts as its parent channel.

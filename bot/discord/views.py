@@ -41,7 +41,7 @@ async def _require_owner_or_moderator(
 ) -> None:
     if interaction.user.id == task.user_id:
         return
-    config = await guild_config(interaction.client.tracker.store, interaction.guild_id)
+    config = await guild_config(interaction.client, interaction.guild_id)
     if not is_moderator(interaction, config):
         raise Refused("Only the member who asked for this, or a moderator, can use this button.")
 
