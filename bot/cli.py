@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+import traceback
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -99,15 +101,34 @@ def build_parser() -> argparse.ArgumentParser:
     actions = task.add_subparsers(dest="action", required=True, parser_class=_Parser)
     get = actions.add_parser("get", help="one task, by task id or external task id")
     get.add_argument("kind", choices=[k.value for k in TaskKind])
-    get.add_argument("id")
+    get.add_argument("id", type=_non_empty)
     listing = actions.add_parser("list", help="recent tasks, newest first")
     listing.add_argument("kind", choices=[k.value for k in TaskKind])
-    listing.add_argument("--page", type=int, default=1)
-    listing.add_argument("--page-size", type=int, default=30)
+    listing.add_argument("--page", type=_int_between(1, 1000), default=1, help="1..1000")
+    listing.add_argument("--page-size", type=_int_between(1, 500), default=30, help="1..500")
     for sub in (get, listing):
         sub.add_argument("--json", action="store_true")
         sub.add_argument("--simulate", action="store_true")
     return parser
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _non_empty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the task id is empty")
+    return text.strip()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,6 +148,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kling-bot: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # the contract: one plain line, never a traceback (-v shows it)
+        if args.verbose:
+            traceback.print_exc()
+        print(f"kling-bot: {_describe_unexpected(exc)}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _describe_unexpected(exc: Exception) -> str:
+    import discord
+
+    if isinstance(exc, discord.LoginFailure):
+        return "Discord refused DISCORD_TOKEN: copy the bot token again from the developer portal"
+    if isinstance(exc, discord.PrivilegedIntentsRequired):
+        return "Discord refused the bot's intents: the bot needs no privileged intent"
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return f"{exc.strerror}: another program uses WEBHOOK_PORT; set WEBHOOK_PORT to a free port"
+    return f"unexpected error: {type(exc).__name__}: {exc} (run with -v for details)"
 
 
 async def _dispatch(args: argparse.Namespace) -> int:

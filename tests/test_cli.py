@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -18,6 +19,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import make_jpeg, make_png
+from tests.fake_discord import FakeDiscord
 
 pytestmark = pytest.mark.slow
 
@@ -237,3 +239,34 @@ def test_failed_task_exits_1_with_the_reason(tmp_path: Path, inputs: dict[str, P
     assert result.returncode == 1, result.stderr
     assert "failed" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (("task", "list", "image", "--page", "0"), "--page"),
+        (("task", "list", "video", "--page-size", "501"), "--page-size"),
+        (("task", "get", "image", " "), "task id is empty"),
+    ],
+)
+def test_task_arguments_out_of_range_exit_2(
+    tmp_path: Path, args: tuple[str, ...], complaint: str
+) -> None:
+    result = run_cli(*args, "--simulate", cwd=tmp_path)
+    assert result.returncode == 2
+    assert complaint in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_a_refused_discord_token_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    async with FakeDiscord(token="the-right-token") as fake:
+        env = _clean_env(DISCORD_TOKEN="a-wrong-token", DISCORD_API_BASE=fake.api_base)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "sync", cwd=tmp_path, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    message = stderr.decode()
+    assert process.returncode == 3
+    assert "Discord refused DISCORD_TOKEN" in message
+    assert "Traceback" not in message

@@ -100,3 +100,11 @@ def test_secrets_never_appear_in_repr_or_logs(caplog: pytest.LogCaptureFixture) 
         assert value not in str(settings)
         assert value not in caplog.text
         assert value not in dumped
+
+
+def test_log_level_is_case_insensitive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    assert load_settings().log_level == "DEBUG"
+    monkeypatch.setenv("LOG_LEVEL", "loud")
+    with pytest.raises(ConfigError, match=r"^LOG_LEVEL: "):
+        load_settings()

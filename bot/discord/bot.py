@@ -43,6 +43,11 @@ def apply_discord_endpoints(settings: Settings) -> None:
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
 
 
+# The bot never joins voice: skip discord.py's start-up warnings about voice libraries.
+discord.VoiceClient.warn_nacl = False
+discord.VoiceClient.warn_dave = False
+
+
 class KlingBot(commands.Bot):
     def __init__(
         self,
