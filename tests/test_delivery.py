@@ -13,7 +13,7 @@ import discord
 
 from bot.discord.checks import GuildConfig, blocked_word_in
 from bot.discord.delivery import Delivery, StatusMessages, plan_files
-from bot.discord.embeds import footer_ref
+from bot.discord.embeds import footer_ref, link_fields
 from bot.discord.views import nearest_video_ratio
 from bot.kling.models import TaskKind
 from bot.tasks.models import EventType, TaskEvent, TaskRecord, TaskState
@@ -184,3 +184,14 @@ async def test_status_is_never_edited_after_the_token_window() -> None:
     await status.on_event(TaskEvent(EventType.STATE, record(state=TaskState.SUBMITTED)))
     assert interaction.edits == []
     assert 3 not in status
+
+
+def test_many_links_are_never_cut_inside_a_link() -> None:
+    links = [f"[file {i}](https://cdn.example.com/{'x' * 100}/{i}.png)" for i in range(1, 10)]
+    values = link_fields(links, note="Kling deletes these files after 30 days.")
+    assert len(values) > 1
+    assert all(len(value) <= 1024 for value in values)
+    joined = "\n".join(values)
+    for link in links:
+        assert joined.count(link) == 1
+    assert values[-1].endswith("after 30 days.")

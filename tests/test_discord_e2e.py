@@ -373,6 +373,27 @@ async def test_animate_turns_images_into_a_video(world: World) -> None:
     assert kinds == ["image", "video"]
 
 
+async def test_animate_after_the_results_were_cleaned_up_says_so(world: World) -> None:
+    await world.start_bot()
+    interaction = await run_image(world)
+    await world.fake.wait_for_callback(interaction)
+    message = await world.wait_result()
+    await world.wait_state(1, TaskState.DELIVERED)
+    for path in world.tracker.result_paths(await world.tracker.store.get(1)):
+        path.unlink()  # what retention cleanup does after RETENTION_DAYS
+    click = await world.fake.click_button(message_id=message.id, custom_id="kling:animate:1")
+    await world.fake.wait_for_callback(click)
+    submit = await world.fake.submit_modal(
+        custom_id="kling:animate-modal:1",
+        values={"prompt": "the cube flies away", "mode": "std", "duration": "5"},
+        message_id=message.id,
+    )
+    reply = await world.first_followup(submit)
+    assert reply.ephemeral and "were deleted after" in reply.content
+    assert "Something went wrong" not in reply.content
+    assert sorted(str(t.kind) for t in world.sim.tasks.values()) == ["image"]
+
+
 # --- delivery problems --------------------------------------------------------------------------
 
 

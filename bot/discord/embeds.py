@@ -160,9 +160,29 @@ def result_embed(task: TaskRecord, *, links: Sequence[str] = ()) -> discord.Embe
     )
     if links:
         lines = [f"[file {i + 1}]({url})" for i, url in enumerate(links)]
-        value = short(" · ".join(lines), 900) + f"\nToo large to upload here. {LINK_NOTE}."
-        embed.add_field(name="Links", value=value, inline=False)
+        fields = link_fields(lines, note=f"Too large to upload here. {LINK_NOTE}.")
+        for number, value in enumerate(fields):
+            embed.add_field(name="Links" if number == 0 else "\u200b", value=value, inline=False)
     return embed
+
+
+def link_fields(links: Sequence[str], *, note: str, limit: int = 1024) -> list[str]:
+    """Whole markdown links packed into field values of at most ``limit`` characters.
+
+    A link cut in half is a dead link, so values break between links, never inside one; the
+    note goes at the end of the last value (or in a value of its own).
+    """
+    values: list[str] = []
+    current = ""
+    for link in [*links, note]:
+        joined = f"{current}\n{link}" if current else link
+        if len(joined) <= limit:
+            current = joined
+        else:
+            values.append(current)
+            current = link[:limit]
+    values.append(current)
+    return values
 
 
 def failure_embed(task: TaskRecord) -> discord.Embed:

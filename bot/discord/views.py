@@ -248,9 +248,16 @@ class AnimateModal(discord.ui.Modal):
         await _require_owner_or_moderator(interaction, task)
         await interaction.response.defer(thinking=True)
         paths = bot.tracker.result_paths(task)[:MAX_ANIMATE_IMAGES]
-        if not paths:
-            raise Refused("The result images of this task were cleaned up: run it again first.")
-        datas = await asyncio.gather(*(asyncio.to_thread(p.read_bytes) for p in paths))
+        try:
+            if not paths:
+                raise FileNotFoundError
+            datas = await asyncio.gather(*(asyncio.to_thread(p.read_bytes) for p in paths))
+        except FileNotFoundError:
+            days = f"{bot.settings.retention_days:g}"
+            raise Refused(
+                f"The result images of {task.short_ref} were deleted after {days} days: "
+                "press Again to make new ones first."
+            ) from None
         items = [(f"image{i + 1}", data) for i, data in enumerate(datas)]
         params: dict[str, Any] = {
             "prompt": self.prompt.value.strip(),
