@@ -46,7 +46,8 @@ token_lifetime=900.0, ack_deadline=3.0, heartbeat_interval=41.25, compress_gatew
   channels=("general",), owner_id=None) -> FakeGuild`` (``channels`` items are names,
   ids, or ``(id, name)``); ``add_channel(guild_id, channel_id=None, *, name="general",
   type=0) -> FakeChannel``; ``set_channel_permissions(channel_id, *, can_send=False,
-  can_attach_files=None)``; ``delete_channel(channel_id)``; ``add_role(guild_id, *,
+  can_attach_files=None, can_read_history=None)`` (``None``: attach follows ``can_send``,
+  history stays as it was); ``delete_channel(channel_id)``; ``add_role(guild_id, *,
   name, permissions=0, role_id=None) -> FakeRole``; ``add_user(user_id=None, *,
   name="tester", global_name=None, bot=False, accepts_dms=True) -> FakeUser``;
   ``add_member(guild_id, user, *, roles=(), permissions=None, nick=None) -> FakeMember``
@@ -81,6 +82,9 @@ token_lifetime=900.0, ack_deadline=3.0, heartbeat_interval=41.25, compress_gatew
   ``interactions``; ``original_message(interaction)``; ``followups(interaction)``;
   ``commands(guild_id=None)`` (what the bot synced); ``gateway_received`` (client
   gateway payloads); ``identify_payloads``; ``gateway_connections`` (ws query strings).
+* Hooks: ``request_hooks: list[Callable[[Recorded], None]]`` -- called synchronously with
+  every recorded request (status and response filled in) before its answer is sent, e.g. to
+  SIGKILL a bot process in the window between "Discord stored the post" and "the bot knows".
 * Waiting: ``await wait_for(predicate=None, *, method=None, path=None, status=None,
   timeout=10.0, since=0) -> Recorded`` (``path`` is a full-match regex; already recorded
   requests from index ``since`` count); ``await wait_for_message(channel_id=None, *,
@@ -101,7 +105,10 @@ token -> 401 50027; follow-up before the callback -> 404 10015; unknown/deleted 
 -> 404 10003; ``can_send=False`` -> 403 50013 on message creation (and
 ``can_attach_files=False`` when files are attached); DM to a user refusing DMs -> 403
 50007; any uploaded file above the guild limit (10 MiB; tier 2 50 MiB; tier 3 100 MiB;
-DMs 10 MiB) -> 413 40005; unknown paths -> 404 ``{"message": "404: Not Found", "code":
+DMs 10 MiB) -> 413 40005; ``GET /channels/{id}/messages`` (history: ``limit`` 1..100,
+default 50, and one of ``before``/``after``/``around``; newest first like Discord; never
+ephemeral or deleted messages; ``can_read_history=False`` -> 403 50001); ``GET
+/users/{id}`` (unknown -> 404 10013); unknown paths -> 404 ``{"message": "404: Not Found", "code":
 0}`` (wrong method on a known path -> 405; both land in ``unknown_requests``). Callbacks
 honour ``?with_response=1`` (discord.py always sends it) with an InteractionCallback body.
 discord.py uploads every file as ``application/octet-stream``; like Discord, the fake
@@ -360,6 +367,7 @@ class FakeChannel:
     position: int = 0
     can_send: bool = True
     can_attach_files: bool = True
+    can_read_history: bool = True
     deleted: bool = False
     recipient_id: int | None = None
     last_message_id: int | None = None
@@ -551,7 +559,9 @@ _ROUTES: list[tuple[str, str, str]] = [
         r"/webhooks/(?P<app_id>\d+)/(?P<token>[^/]+)/messages/(?P<mid>@original|\d+)",
         "_r_wh_delete",
     ),
+    ("GET", r"/users/(?P<uid>\d+)", "_r_get_user"),
     ("GET", r"/channels/(?P<cid>\d+)", "_r_get_channel"),
+    ("GET", r"/channels/(?P<cid>\d+)/messages", "_r_list_messages"),
     ("POST", r"/channels/(?P<cid>\d+)/messages", "_r_create_message"),
     ("GET", r"/channels/(?P<cid>\d+)/messages/(?P<mid>\d+)", "_r_get_message"),
     ("PATCH", r"/channels/(?P<cid>\d+)/messages/(?P<mid>\d+)", "_r_edit_message"),
@@ -606,6 +616,7 @@ class FakeDiscord:
         self.requests: list[Recorded] = []
         self.unknown_requests: list[Recorded] = []
         self.faults: list[FaultRule] = []
+        self.request_hooks: list[Callable[[Recorded], None]] = []
         self.gateway_received: list[dict[str, Any]] = []
         self.identify_payloads: list[dict[str, Any]] = []
         self.gateway_connections: list[dict[str, str]] = []  # query of each ws connect
@@ -748,11 +759,18 @@ class FakeDiscord:
         return channel
 
     def set_channel_permissions(
-        self, channel_id: int, *, can_send: bool = False, can_attach_files: bool | None = None
+        self,
+        channel_id: int,
+        *,
+        can_send: bool = False,
+        can_attach_files: bool | None = None,
+        can_read_history: bool | None = None,
     ) -> None:
         channel = self.channels[channel_id]
         channel.can_send = can_send
         channel.can_attach_files = can_send if can_attach_files is None else can_attach_files
+        if can_read_history is not None:
+            channel.can_read_history = can_read_history
 
     def delete_channel(self, channel_id: int) -> None:
         self.channels[channel_id].deleted = True
@@ -1043,6 +1061,8 @@ class FakeDiscord:
         if response is None:
             response = await self._dispatch(request, rec, full_path)
         self.requests.append(rec)
+        for hook in list(self.request_hooks):
+            hook(rec)
         self._notify()
         return response
 
@@ -1183,6 +1203,44 @@ class FakeDiscord:
         message = self._new_message(channel, rec.json or {}, rec.files)
         await self._dispatch_message_create(message)
         return 200, message.to_payload()
+
+    async def _r_get_user(self, rec: Recorded, uid: str) -> tuple[int, Any]:
+        self._require_bot_auth(rec)
+        user = self.users.get(int(uid))
+        if user is None:
+            raise _ApiError(404, 10013, "Unknown User")
+        return 200, user.to_payload()
+
+    async def _r_list_messages(self, rec: Recorded, cid: str) -> tuple[int, Any]:
+        """Channel history the way Discord answers it: at most ``limit`` messages, newest
+        first; ``before`` the newest older ones, ``after`` the oldest newer ones, ``around``
+        half on each side (the message itself included)."""
+        self._require_bot_auth(rec)
+        channel = self._live_channel(int(cid))
+        if channel.type != 1 and not channel.can_read_history:
+            raise _ApiError(403, 50001, "Missing Access")
+        anchors = [k for k in ("before", "after", "around") if k in rec.query]
+        try:
+            limit = int(rec.query.get("limit", "50"))
+            anchor = int(rec.query[anchors[0]]) if anchors else None
+        except ValueError:
+            raise _ApiError(400, 50035, "Invalid Form Body") from None
+        if not 1 <= limit <= 100 or len(anchors) > 1:
+            raise _ApiError(400, 50035, "Invalid Form Body")
+        visible = sorted(
+            (m for m in self.messages(channel.id) if not m.ephemeral), key=lambda m: m.id
+        )
+        if anchor is None:
+            chosen = visible[-limit:]
+        elif anchors[0] == "before":
+            chosen = [m for m in visible if m.id < anchor][-limit:]
+        elif anchors[0] == "after":
+            chosen = [m for m in visible if m.id > anchor][:limit]
+        else:
+            older = [m for m in visible if m.id <= anchor][-((limit + 1) // 2) :]
+            newer = [m for m in visible if m.id > anchor][: limit // 2]
+            chosen = older + newer
+        return 200, [m.to_payload() for m in reversed(chosen)]
 
     async def _r_get_message(self, rec: Recorded, cid: str, mid: str) -> tuple[int, Any]:
         self._require_bot_auth(rec)

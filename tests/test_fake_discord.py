@@ -16,7 +16,7 @@ import pytest
 from discord import app_commands
 from discord.ext import commands
 
-from tests.fake_discord import FakeDiscord, point_discord_py_at
+from tests.fake_discord import FakeDiscord, Recorded, point_discord_py_at
 
 pytestmark = [
     pytest.mark.filterwarnings("error::ResourceWarning"),
@@ -432,3 +432,66 @@ def test_point_discord_py_at_patches_and_restores() -> None:
         assert Route("GET", "/users/@me").url == "http://127.0.0.1:9/api/v10/users/@me"
         assert str(DiscordWebSocket.DEFAULT_GATEWAY) == "ws://127.0.0.1:9/gateway"
     assert (Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY) == before
+
+
+async def test_channel_history_and_user_lookup(fake: FakeDiscord, bot: DemoBot) -> None:
+    """discord.py's ``history()`` pages through the fake like through Discord: newest first,
+    ``before``/``after``/``around`` anchors, no ephemeral or deleted messages, 403 when the bot
+    may not read the channel; ``fetch_user`` answers known users and 404s the rest."""
+    posted: list[int] = []
+
+    def on_request(r: Recorded) -> None:
+        if r.method == "POST" and r.status == 200 and r.path == channel_messages_path(CHANNEL_ID):
+            posted.append(int(r.response["id"]))
+
+    fake.request_hooks.append(on_request)
+    channel = bot.get_partial_messageable(CHANNEL_ID)
+    ids = [(await channel.send(content=f"m{i}")).id for i in range(7)]
+    assert posted == ids  # the hook saw every post, with its answer, in order
+    gone = fake.message(ids[3])
+    gone.deleted = True
+    hidden = fake._new_message(fake.channels[CHANNEL_ID], {"content": "secret", "flags": 64}, [])
+    alive = [i for i in ids if i != ids[3]]
+
+    newest = [m async for m in channel.history(limit=None)]
+    assert [m.id for m in newest] == alive[::-1]
+    assert hidden.id not in [m.id for m in newest]
+    assert all(m.author.id == fake.bot.id and m.channel.id == CHANNEL_ID for m in newest)
+    assert [m.content for m in newest[:2]] == ["m6", "m5"]
+
+    # Anchors: ``before`` walks back from a message, ``after`` forward, ``around`` both ways.
+    fake.requests.clear()
+    walked = [m.id async for m in channel.history(limit=5, before=discord.Object(ids[6]))]
+    assert walked == [ids[5], ids[4], ids[2], ids[1], ids[0]]
+    after = [m.id async for m in channel.history(limit=3, after=discord.Object(ids[0]))]
+    assert after == [ids[1], ids[2], ids[4]]  # oldest first, as discord.py reorders `after`
+    around = [m.id async for m in channel.history(limit=3, around=discord.Object(ids[4]))]
+    assert sorted(around) == [ids[2], ids[4], ids[5]]
+    raw = fake.requests_to("GET", channel_messages_path(CHANNEL_ID))
+    assert raw and all(isinstance(r.response, list) for r in raw)
+    by_after = next(r for r in raw if "after" in r.query)
+    listed = [int(m["id"]) for m in by_after.response]
+    assert listed == sorted(listed, reverse=True)  # Discord answers newest first, always
+
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bot {TOKEN}"}) as http:
+        base = f"{fake.api_base}/channels/{CHANNEL_ID}/messages"
+        for query in ("limit=0", "limit=101", "limit=x", f"before={ids[1]}&after={ids[0]}"):
+            async with http.get(f"{base}?{query}") as response:
+                assert response.status == 400, query
+        async with http.get(f"{base}?limit=1") as response:
+            assert response.status == 200 and [m["id"] for m in await response.json()] == [
+                str(ids[6])
+            ]
+
+    fake.set_channel_permissions(CHANNEL_ID, can_send=True, can_read_history=False)
+    with pytest.raises(discord.Forbidden):
+        await anext(channel.history(limit=1))
+    with pytest.raises(discord.NotFound):
+        await anext(bot.get_partial_messageable(123456789).history(limit=1))
+
+    user = await bot.fetch_user(fake.default_user.id)
+    assert (user.id, user.name) == (fake.default_user.id, "tester")
+    with pytest.raises(discord.NotFound) as missing:
+        await bot.fetch_user(42)
+    assert missing.value.code == 10013
+    assert not fake.unknown_requests

@@ -106,6 +106,15 @@ def _is_gone(exc: discord.HTTPException) -> bool:
     )
 
 
+def _is_interaction_reply(message: Any) -> bool:
+    """A reply to a command (the live status message), sent through the application's webhook:
+    it is authored by the bot and carries the task's footer too, but it is not a result post."""
+    return (
+        getattr(message, "webhook_id", None) is not None
+        or getattr(message, "interaction_metadata", None) is not None
+    )
+
+
 class Delivery:
     """Subscribed to the tracker: posts COMPLETED and FAILED tasks in their channel."""
 
@@ -243,6 +252,8 @@ class Delivery:
             async for message in channel.history(limit=HISTORY_LIMIT):
                 if me is not None and message.author.id != me.id:
                     continue
+                if _is_interaction_reply(message):
+                    continue  # the member's live status message: same footer, not the post
                 for embed in message.embeds:
                     footer = embed.footer.text or ""
                     if footer == ref or footer.startswith(ref + " "):

@@ -144,10 +144,15 @@ class KindQueue:
             return head
         return None
 
-    def next_wakeup(self) -> float | None:
-        """The earliest time a backing-off head becomes ready (None: nothing waits on time)."""
-        times = [e[0].not_before for e in self.users.values() if e[0].not_before > 0]
-        if self.cap is not None:
+    def next_wakeup(self, now: float | None = None) -> float | None:
+        """The earliest FUTURE time a backing-off head becomes ready or the cap lifts (None:
+        nothing waits on time; a head already past its backoff waits for a free slot, which
+        a release announces). Without ``now``, every pending time counts."""
+        floor = 0.0 if now is None else now
+        if self.cap is not None and now is not None and now >= self.cap_until:
+            self.cap = None  # the bounced task's backoff is over: the cap has done its job
+        times = [e[0].not_before for e in self.users.values() if e[0].not_before > floor]
+        if self.cap is not None and self.cap_until > floor:
             times.append(self.cap_until)
         return min(times, default=None)
 
@@ -287,8 +292,9 @@ class Admission:
             except Exception:  # a bug here must not stop admission for good
                 log.exception("admission step failed; trying again shortly")
                 await asyncio.sleep(1.0)
-            wakeups = [t for q in self.queues.values() if (t := q.next_wakeup()) is not None]
-            timeout = None if not wakeups else max(0.01, min(wakeups) - self._clock())
+            now = self._clock()
+            wakeups = [t for q in self.queues.values() if (t := q.next_wakeup(now)) is not None]
+            timeout = None if not wakeups else max(0.01, min(wakeups) - now)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
@@ -340,6 +346,12 @@ class Admission:
             queue.release(entry.task_id)
             return
         if record.cancel_requested:
+            # If an earlier create may have reached Kling, it runs there: look it up first, so
+            # it holds its slots until it ends (cancelled). Unknown answers raise: retried.
+            found = await self._look_up(queue, entry, record) if entry.maybe_created else None
+            if found is not None:
+                await self._submitted(record, found)
+                return
             queue.release(entry.task_id)
             await self._create_failed(record, "cancelled")
             return

@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import math
 import random
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from bot.kling.client import KlingClient
+from bot.kling.client import NOT_FOUND_CODES, KlingClient
 from bot.kling.errors import KlingError
 from bot.kling.models import KlingTask, TaskKind
 from bot.tasks.metrics import Metrics
@@ -90,6 +91,12 @@ class Poller:
         if earlier:
             self._wake.set()
 
+    def postpone(self, task_id: int, kind: TaskKind, at: float) -> None:
+        """Move a scheduled task's next check later, to ``at`` (never earlier)."""
+        due = self._due_at.get(task_id)
+        if due is not None and due < at:
+            self.schedule(task_id, kind, at)
+
     def unschedule(self, task_id: int) -> None:
         self._due_at.pop(task_id, None)
 
@@ -123,28 +130,53 @@ class Poller:
 
     async def run_cycle(self, now: float) -> int:
         """Check every task due by ``now`` (plus the batch window); returns how many."""
-        horizon = now + self.schedule_policy.batch_window
+        window = self.schedule_policy.batch_window
+        if len(self) > LIST_PAGE_MAX:
+            # A cycle reads several list pages anyway: take in the tasks due within half the
+            # longest interval as well, rather than reading the same pages again for them soon.
+            window = max(window, self.schedule_policy.max_interval / 2)
+        horizon = now + window
         due: dict[TaskKind, list[int]] = defaultdict(list)
         while (at := self.next_due()) is not None and at <= horizon:
             _, task_id, kind = heapq.heappop(self._heap)
             del self._due_at[task_id]
             due[kind].append(task_id)
         for kind, task_ids in due.items():
-            await self._check_kind(kind, task_ids, now)
+            try:
+                await self._check_kind(kind, task_ids, now)
+            except Exception:
+                # The due tasks are off the heap already: never drop them on a hiccup (say
+                # "database is locked"); whatever is not scheduled again is checked later.
+                log.exception("poll of %s tasks failed; checking them again later", kind)
+                self._keep(kind, task_ids)
         return sum(len(ids) for ids in due.values())
+
+    def _keep(self, kind: TaskKind, task_ids: Sequence[int]) -> None:
+        """After a failure: each of ``task_ids`` not scheduled again yet is checked later."""
+        at = self._clock() + self.schedule_policy.max_interval
+        for task_id in task_ids:
+            if task_id not in self._due_at:
+                self.schedule(task_id, kind, at)
+
+    def _too_old(self, record: TaskRecord) -> bool:
+        started = record.submitted_at or record.created_at
+        return self._clock() - started > self._max_age
 
     async def _check_kind(self, kind: TaskKind, task_ids: Sequence[int], now: float) -> None:
         pending: dict[str, TaskRecord] = {}
         for task_id in task_ids:
-            record = await self._store.get(task_id)
+            try:
+                record = await self._store.get(task_id)
+            except Exception:
+                log.exception("task %s: could not be loaded for a poll; later", task_id)
+                self._keep(kind, [task_id])
+                continue
             if record is None or record.state not in (TaskState.SUBMITTED, TaskState.PROCESSING):
                 continue  # settled meanwhile (callback, cancel)
             if record.kling_task_id is None:
                 continue
-            started = record.submitted_at or record.created_at
-            if now - started > self._max_age:
-                await self._expire(record)
-                continue
+            # No expiry by age here: only an answer from Kling in this cycle can tell that the
+            # task is still not done (after downtime it may long have finished, and be paid).
             pending[record.kling_task_id] = record
         if not pending:
             return
@@ -163,7 +195,9 @@ class Poller:
         self, kind: TaskKind, unresolved: dict[str, TaskRecord], span: int
     ) -> None:
         """Settle what the list shows; ``span``: how far back (in tasks) the due ones go."""
-        page_size = min(LIST_PAGE_MAX, max(span, LIST_PAGE_MIN))
+        # Kling lists by its own create order, which differs from ours by the creates that were
+        # in flight together: reach a little further back than the span so none is just missed.
+        page_size = min(LIST_PAGE_MAX, span + LIST_PAGE_MIN)
         page = 1
         while unresolved:
             self._metrics.poll(kind, "list")
@@ -175,26 +209,42 @@ class Poller:
             found = [task for task in tasks if task.task_id in unresolved]
             for task in found:
                 await self._apply(unresolved.pop(task.task_id), task)
-            # Older pages only while our tasks keep turning up and the span reaches that far;
-            # whatever is left is fetched one by one.
-            more = found and len(tasks) == page_size and page * page_size < span
+            # Newest first: the due tasks can be on any page back to the span (page 1 may hold
+            # none of them). Read on while the pages left to the span cost no more calls than
+            # fetching the tasks still unresolved one by one, which is what happens to the rest.
+            left = math.ceil((span + LIST_PAGE_MIN - page * page_size) / page_size)
+            more = len(tasks) == page_size and 0 < left <= len(unresolved)
             if not more or page >= 1000:
                 return
             page += 1
 
     async def _check_one(self, kind: TaskKind, record: TaskRecord) -> None:
-        async with self._semaphore:
-            self._metrics.poll(kind, "get")
-            try:
-                task = await self._client.get_task(kind, record.kling_task_id or "")
-            except KlingError as exc:
-                log.warning("task %s: status query failed (%s); next cycle", record.id, exc)
-                await self._reschedule(record)
-                return
-        await self._apply(record, task)
+        try:
+            async with self._semaphore:
+                self._metrics.poll(kind, "get")
+                try:
+                    task = await self._client.get_task(kind, record.kling_task_id or "")
+                except KlingError as exc:
+                    unknown = exc.code in NOT_FOUND_CODES or exc.http_status == 404
+                    if unknown and self._too_old(record):
+                        log.warning("task %s: unknown to Kling (%s)", record.id, exc)
+                        await self._expire(record)
+                        return
+                    log.warning("task %s: status query failed (%s); next cycle", record.id, exc)
+                    await self._reschedule(record)
+                    return
+            await self._apply(record, task)
+        except Exception:
+            log.exception("task %s: poll failed; checking it again later", record.id)
+            self._keep(kind, [record.id])
 
     async def _apply(self, record: TaskRecord, task: KlingTask) -> None:
         try:
+            if not task.is_terminal and self._too_old(record):
+                # Kling answered just now and the task is still not done: only now does its
+                # age count. A terminal answer always completes it normally.
+                await self._expire(record)
+                return
             still_pending = await self._settle(record, task)
         except asyncio.CancelledError:
             raise

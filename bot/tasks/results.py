@@ -9,13 +9,14 @@ or 404 means the file is gone, which no retry fixes.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
@@ -33,15 +34,31 @@ _CONTENT_TYPES = {
 }
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _GONE = frozenset({401, 403, 404, 410})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
 
 
 class DownloadError(Exception):
-    """A result could not be fetched. ``str(e)`` is a sentence fit for a member."""
+    """A result could not be fetched. ``str(e)`` is a sentence fit for a member.
+
+    ``final``: retrying later cannot help. Otherwise (network errors, 5xx after the retries
+    here, odd answers) the tracker tries again later: the results live at Kling for 30 days.
+    """
+
+    final = False
 
 
 class ResultsGone(DownloadError):
     """Kling no longer serves the file (403/404/410): retrying will not help."""
+
+    final = True
+
+
+class ResultsRefused(DownloadError):
+    """No result address, or one the bot refuses to fetch (also after a redirect)."""
+
+    final = True
 
 
 class ResultDownloader:
@@ -67,20 +84,27 @@ class ResultDownloader:
     async def download_all(self, urls: Sequence[str], directory: Path) -> list[Path]:
         """Fetch every URL in order into ``directory``; returns the files written."""
         if not urls:
-            raise DownloadError("Kling reported success but sent no result files.")
+            raise ResultsRefused("Kling reported success but sent no result files.")
         for url in urls:
             self.check_url(url)
         await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
         return [await self._download(url, index, directory) for index, url in enumerate(urls)]
 
     def check_url(self, url: str) -> None:
-        """Only https, so a forged or tampered answer cannot point us at the local network."""
+        """Only https, and no literal private address, so a forged or tampered answer (or a
+        redirect) cannot point us at the local network. Checked again on every redirect hop."""
         parts = urlsplit(url)
-        if parts.scheme == "https" and parts.hostname:
+        host = parts.hostname
+        if self._allow_loopback and host in _LOOPBACK_HOSTS and parts.scheme in ("http", "https"):
             return
-        if self._allow_loopback and parts.scheme == "http" and parts.hostname in _LOOPBACK_HOSTS:
+        if parts.scheme == "https" and host:
+            if _is_private_address(host):
+                raise ResultsRefused(
+                    "Kling sent a result address the bot refuses to fetch (a private network"
+                    " address)."
+                )
             return
-        raise DownloadError(
+        raise ResultsRefused(
             f"Kling sent a result address the bot refuses to fetch ({parts.scheme or 'no'}"
             " scheme; only https is allowed)."
         )
@@ -107,29 +131,54 @@ class ResultDownloader:
 
     async def _download_once(self, url: str, index: int, directory: Path) -> Path:
         started = time.monotonic()
-        async with self._session.get(url, timeout=self._timeout) as response:
-            if response.status in _GONE:
-                raise ResultsGone(
-                    f"Kling's result files are no longer available (HTTP {response.status})."
-                )
-            if response.status >= 500 or response.status == 429:
-                raise _Retryable(f"HTTP {response.status}")
-            if response.status != 200:
-                raise DownloadError(
-                    f"Kling's file server answered HTTP {response.status} for a result."
-                )
-            if (response.content_length or 0) > self._max_bytes:
-                raise _TooBig(self._too_big_message())
-            extension = extension_for(url, response.headers.get("Content-Type"))
-            final = directory / f"{index}.{extension}"
-            # Written under a temporary name and renamed: a crash never leaves half a file.
-            temp = directory / f".{index}.{extension}.{os.getpid()}.part"
-            try:
-                size = await self._stream_to(response, temp)
-                os.replace(temp, final)
-            finally:
-                temp.unlink(missing_ok=True)
-        log.info("%s: %d bytes in %.2fs", final, size, time.monotonic() - started)
+        current = url
+        # Redirects are followed here, not by aiohttp, so that every hop is checked.
+        for _ in range(MAX_REDIRECTS + 1):
+            async with self._session.get(
+                current, timeout=self._timeout, allow_redirects=False
+            ) as response:
+                if response.status in _REDIRECTS:
+                    location = response.headers.get("Location")
+                    if not location:
+                        raise DownloadError(
+                            f"Kling's file server answered HTTP {response.status} without an"
+                            " address to follow."
+                        )
+                    current = urljoin(current, location)
+                    self.check_url(current)
+                    continue
+                final = await self._save(response, url, index, directory)
+            log.info("%s: fetched in %.2fs", final, time.monotonic() - started)
+            return final
+        raise ResultsRefused(
+            f"Kling's file server redirected more than {MAX_REDIRECTS} times for a result."
+        )
+
+    async def _save(
+        self, response: aiohttp.ClientResponse, url: str, index: int, directory: Path
+    ) -> Path:
+        if response.status in _GONE:
+            raise ResultsGone(
+                f"Kling's result files are no longer available (HTTP {response.status})."
+            )
+        if response.status >= 500 or response.status == 429:
+            raise _Retryable(f"HTTP {response.status}")
+        if response.status != 200:
+            raise DownloadError(
+                f"Kling's file server answered HTTP {response.status} for a result."
+            )
+        if (response.content_length or 0) > self._max_bytes:
+            raise _TooBig(self._too_big_message())
+        extension = extension_for(url, response.headers.get("Content-Type"))
+        final = directory / f"{index}.{extension}"
+        # Written under a temporary name and renamed: a crash never leaves half a file.
+        temp = directory / f".{index}.{extension}.{os.getpid()}.part"
+        try:
+            size = await self._stream_to(response, temp)
+            os.replace(temp, final)
+        finally:
+            temp.unlink(missing_ok=True)
+        log.info("%s: %d bytes", final, size)
         return final
 
     async def _stream_to(self, response: aiohttp.ClientResponse, temp: Path) -> int:
@@ -180,7 +229,16 @@ class _Retryable(Exception):
 
 
 class _TooBig(DownloadError):
-    pass
+    final = True
+
+
+def _is_private_address(host: str) -> bool:
+    """A literal IP address outside the public internet (names are not resolved here)."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return not address.is_global
 
 
 def extension_for(url: str, content_type: str | None) -> str:

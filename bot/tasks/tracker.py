@@ -28,7 +28,7 @@ import aiohttp
 from aiohttp import web
 
 from bot.config import Settings
-from bot.kling.client import KlingClient, new_external_task_id
+from bot.kling.client import NOT_FOUND_CODES, KlingClient, new_external_task_id
 from bot.kling.errors import KlingError, KlingInvalidRequest
 from bot.kling.images import PreparedImage
 from bot.kling.models import (
@@ -61,6 +61,10 @@ __all__ = ["QueuePosition", "QueueStats", "SlotsExceedLimit", "Tracker", "build_
 
 RUNNING = (TaskState.SUBMITTED, TaskState.PROCESSING)
 CLEANUP_INTERVAL = 3600.0
+# After Kling's success, failed downloads (other than "gone" or too big) are tried again until
+# max(TASK_MAX_AGE, this) has passed: the task is paid for and its files live 30 days.
+DOWNLOAD_GRACE_MIN = 3600.0
+_KLING_ENDED = frozenset({TaskStatus.SUCCEED.value, TaskStatus.FAILED.value})
 _STATUS_RANK = {"submitted": 0, "processing": 1, "succeed": 2, "failed": 2}
 
 Subscriber = Callable[[TaskEvent], Awaitable[None]]
@@ -132,16 +136,15 @@ class Tracker:
         """Resume every unfinished task, then start the admission, poll and cleanup loops."""
         now = self._clock()
         for record in await self.store.in_states(RUNNING):
-            self.admission.hold(record)
+            if record.kling_status not in _KLING_ENDED:  # ended there, results still to fetch
+                self.admission.hold(record)
             # It may have ended while we were down (and its callback gone unanswered).
             self.poller.schedule(record.id, record.kind, now)
-        for record in await self.store.in_states([TaskState.QUEUED]):
-            if record.cancel_requested:
-                await self._cancel_queued(record)
-            else:
-                self.admission.enqueue(record)
+        # Before the queued ones: a queued task failed below announces itself, only once.
         for record in await self.store.in_states(AWAITING_DELIVERY):
             self._emit(_outcome_event(record), record)
+        for record in await self.store.in_states([TaskState.QUEUED]):
+            await self._resume_queued(record)
         self._loops = [
             asyncio.create_task(self.admission.run(), name="kling-admission"),
             asyncio.create_task(self.poller.run(), name="kling-poller"),
@@ -149,6 +152,38 @@ class Tracker:
         ]
         log.info("tracker started: %d waiting, %d running at Kling",
                  sum(len(q) for q in self.admission.queues.values()), len(self.poller))  # fmt: skip
+
+    async def _resume_queued(self, record: TaskRecord) -> None:
+        if record.cancel_requested:
+            if record.submit_attempts == 0 or not await self._resume_maybe_created(record):
+                await self._cancel_queued(record)
+            return
+        try:
+            self.admission.check_fits(record.kind, record.slots)
+        except SlotsExceedLimit as exc:
+            # The limit was lowered while it waited: it would head its member's line forever.
+            await self._on_create_failed(record, exc.user_message)
+            return
+        self.admission.enqueue(record)
+
+    async def _resume_maybe_created(self, record: TaskRecord) -> bool:
+        """A cancelled queued task whose create may have reached Kling: look it up. False if
+        Kling does not know it (cancel it now); else it runs on, holding its slots, and ends
+        ``cancelled`` when Kling finishes it."""
+        try:
+            found = await self.client.get_task(record.kind, record.external_task_id)
+        except KlingError as exc:
+            if exc.code in NOT_FOUND_CODES or exc.http_status == 404:
+                return False
+            log.warning("task %s: cannot tell whether its create reached Kling (%s)",
+                        record.id, exc)  # fmt: skip
+            self.admission.enqueue(record)  # admission looks it up again before cancelling
+            return True
+        log.info("task %s: cancelled, but its create reached Kling as %s",
+                 record.id, found.task_id)  # fmt: skip
+        self.admission.hold(record)
+        await self._on_submitted(record, found)
+        return True
 
     async def close(self) -> None:
         """Stop the loops. Nothing is lost: unfinished work resumes at the next start."""
@@ -181,7 +216,7 @@ class Tracker:
         if record is None:
             raise LookupError(f"task #{task_id} does not exist")
         try:
-            stored = self.input_bytes(record)
+            stored = await asyncio.to_thread(self.input_bytes, record)
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"the input images of #{task_id} were deleted after "
@@ -201,7 +236,8 @@ class Tracker:
         origin: Origin,
     ) -> TaskRecord:
         params = {name: value for name, value in params.items() if value is not None}
-        request = build_request(kind, params, [(label, _b64(data)) for label, data, _ in inputs])
+        images = [(label, data) for label, data, _ in inputs]
+        request = build_request(kind, params, await asyncio.to_thread(_encode_all, images))
         self.client.flavour.check(request)
         self.admission.check_fits(kind, request.slots)
         external_task_id = new_external_task_id()
@@ -229,14 +265,14 @@ class Tracker:
         return record
 
     async def _request_for(self, record: TaskRecord) -> TaskRequest:
-        stored = await asyncio.to_thread(self.input_bytes, record)
+        encoded = await asyncio.to_thread(lambda: _encode_all(self.input_bytes(record)))
         url = None
         if self.settings.public_base_url and record.callback_token:
             url = callback_url(self.settings.public_base_url, record.callback_token)
         return build_request(
             record.kind,
             record.params,
-            [(label, _b64(data)) for label, data in stored],
+            encoded,
             external_task_id=record.external_task_id,
             callback_url=url,
         )
@@ -281,7 +317,15 @@ class Tracker:
             await self._take_status(fresh, latest, confirm=confirm)
 
     async def _on_create_failed(self, record: TaskRecord, reason: str) -> None:
-        self._early.pop(record.id, None)
+        early = self._early.get(record.id)
+        if early is not None:
+            # A callback proved the task exists at Kling (the create's answer was lost): it
+            # runs there, so it holds its slots and is followed like any submitted task.
+            log.info("task %s: create failed here (%s) but Kling runs it as %s",
+                     record.id, reason, early.task_id)  # fmt: skip
+            self.admission.hold(record)
+            await self._on_submitted(record, early)
+            return
         fresh = await self.store.get(record.id)
         if fresh is None:
             return
@@ -311,7 +355,9 @@ class Tracker:
         if self._claim(record.id):
             # Downloads run beside the poll loop, not in it.
             self._spawn(self._finish(record, task, confirm=False))
-        return False
+            return False
+        # Another completion (a callback's) runs: keep checking, in case it is not final.
+        return True
 
     def _claim(self, task_id: int) -> bool:
         """Only one completion per task runs in this process (the store decides across them)."""
@@ -385,11 +431,17 @@ class Tracker:
             return
         urls = task.result_urls()
         # Recorded before the download: after a crash the next start knows and fetches again.
+        # finished_at marks when Kling's success was first seen: the download deadline's start.
+        if fresh.finished_at is None:
+            outcome["finished_at"] = fresh.finished_at = self._clock()
         await self.store.update(record.id, result_urls=urls, **outcome)
         started = time.monotonic()
         try:
             paths = await self.downloader.download_all(urls, self.files.result_dir(record.id))
         except DownloadError as exc:
+            if not exc.final and not self._download_overdue(fresh):
+                await self._retry_download_later(fresh, exc)
+                return
             log.warning("task %s: results could not be fetched: %s", record.id, exc)
             if await self.store.transition(
                 record.id, RUNNING, TaskState.FAILED, failure_reason=str(exc)
@@ -402,6 +454,20 @@ class Tracker:
             log.info("task %s: succeeded, %d files downloaded", record.id, len(files))
             self._note_run_time(fresh)
             await self._emit_outcome(record.id)
+
+    def _download_overdue(self, record: TaskRecord) -> bool:
+        grace = max(self.settings.task_max_age, DOWNLOAD_GRACE_MIN)
+        return record.finished_at is not None and self._clock() - record.finished_at >= grace
+
+    async def _retry_download_later(self, record: TaskRecord, exc: DownloadError) -> None:
+        """Kling succeeded but the files did not come: the task stays running (kling_status
+        succeed, result_urls recorded) and the poller's next check, which gets the terminal
+        status again, downloads again. A restart resumes it the same way."""
+        at = self._clock() + self.poller.schedule_policy.interval(record.check_count)
+        self.poller.schedule(record.id, record.kind, at)
+        log.warning("task %s: results could not be fetched yet (%s); trying again in %.0f s",
+                    record.id, exc, at - self._clock())  # fmt: skip
+        await self.store.update(record.id, next_check_at=at, check_count=record.check_count + 1)
 
     async def _expire(self, record: TaskRecord) -> None:
         reason = f"Kling did not finish within {_duration_words(self.settings.task_max_age)}."
@@ -447,6 +513,10 @@ class Tracker:
             return True
         if _rank(task.task_status.value) <= _rank(record.kling_status):
             return False
+        # Callbacks reach us for this task: the safety-net poll can wait its longest interval.
+        self.poller.postpone(
+            record.id, record.kind, self._clock() + self.poller.schedule_policy.max_interval
+        )
         self._spawn(self._note_progress(record, task))
         return True
 
@@ -662,3 +732,8 @@ def _rank(status: str | None) -> int:
 
 def _b64(data: bytes) -> str:
     return b64encode(data).decode("ascii")
+
+
+def _encode_all(images: Sequence[tuple[str, bytes]]) -> list[tuple[str, str]]:
+    """``(label, base64)`` for every image: CPU work for a thread, not the event loop."""
+    return [(label, _b64(data)) for label, data in images]

@@ -86,6 +86,11 @@ async def handle_callback(request: web.Request) -> web.Response:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _refuse(metrics, 413, "too_large", "body too large")
+        except (web.RequestPayloadError, ConnectionResetError) as exc:
+            # A body that does not match its Content-Encoding, or a sender that hung up
+            # mid-body: the sender's fault, not ours (no 503, no traceback).
+            log.info("task %s: callback body could not be read: %s", record.id, exc)
+            return _refuse(metrics, 400, "malformed", "body could not be read")
         task = _parse_task(raw)
         if task is None:
             log.info("task %s: callback body is not a task object", record.id)
@@ -106,7 +111,7 @@ async def handle_callback(request: web.Request) -> web.Response:
 def _parse_task(raw: bytes) -> KlingTask | None:
     try:
         body = json.loads(raw)
-    except ValueError:  # not UTF-8 or not JSON
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested too deep to parse
         return None
     if not isinstance(body, dict):
         return None

@@ -1,0 +1,426 @@
+"""Regression tests for defects found in review of bot/tasks: each failed before its fix."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import unused_port
+
+import bot.tasks.tracker as tracker_module
+from bot.kling.models import KlingTask, TaskKind
+from bot.kling.simulator import KlingSimulator
+from bot.tasks.admission import Admission, Entry, KindQueue
+from bot.tasks.models import EventType, TaskState
+from bot.tasks.results import DownloadError, ResultDownloader
+from tests.conftest import make_png, settings_for
+from tests.test_tracker import Harness, origin, subject
+
+RUNNING = {TaskState.SUBMITTED, TaskState.PROCESSING}
+
+
+def _task(task_id: str, status: str) -> KlingTask:
+    return KlingTask(task_id=task_id, task_status=status)
+
+
+async def _kling_id(h: Harness, task_id: int) -> str:
+    record = await h.wait_for_state(task_id, RUNNING | {TaskState.SUCCEED, TaskState.DELIVERED})
+    assert record.kling_task_id
+    return record.kling_task_id
+
+
+# --- 1: expiry only after Kling answered ----------------------------------------------------
+
+
+async def test_restart_after_downtime_longer_than_max_age_asks_kling_first(
+    simulator: KlingSimulator,
+) -> None:
+    settings = settings_for(simulator, poll_first_delay=60.0, poll_max_interval=60.0)
+    first = await Harness(settings).open()
+    record = await first.submit()
+    await first.wait_for_state(record.id, {TaskState.SUBMITTED})
+    await first.kill()
+    await first.store.close()
+    await asyncio.sleep(1.0)  # the downtime, longer than the max age: Kling finishes meanwhile
+    restarted = settings.model_copy(
+        update={"poll_first_delay": 0.05, "poll_max_interval": 0.25, "task_max_age": 0.5}
+    )
+    second = await Harness(restarted).open()
+    try:
+        done = await second.wait_for_state(record.id, {TaskState.DELIVERED})
+        assert done.failure_reason is None
+        assert second.outcomes(EventType.COMPLETED) == [record.id]
+        assert second.outcomes(EventType.FAILED) == []
+    finally:
+        await second.close()
+
+
+# --- 2: failed downloads after Kling's success are retried ----------------------------------
+
+
+def _cdn_outage(h: Harness) -> dict[str, Any]:
+    """Every download attempt fails with a connection error while ``state["down"]``."""
+    real = h.tracker.downloader._download_once
+    state: dict[str, Any] = {"down": True, "failures": 0}
+
+    async def flaky(url: str, index: int, directory: Path) -> Path:
+        if state["down"]:
+            state["failures"] += 1
+            raise aiohttp.ClientConnectionError("connection refused")
+        return await real(url, index, directory)
+
+    h.tracker.downloader._download_once = flaky  # type: ignore[method-assign]
+    h.tracker.downloader._attempts = 1  # no in-call retries: each poll is one attempt
+    return state
+
+
+async def test_a_cdn_outage_keeps_the_paid_task_running_and_retries_later(
+    simulator: KlingSimulator,
+) -> None:
+    h = await Harness(settings_for(simulator)).open()
+    outage = _cdn_outage(h)
+    try:
+        record = await h.submit()
+        await h.wait_until(lambda: outage["failures"] >= 3)
+        pending = await h.store.get(record.id)
+        assert pending is not None and pending.state in RUNNING
+        assert pending.kling_status == "succeed" and pending.result_urls
+        assert h.outcomes(EventType.FAILED) == []
+        outage["down"] = False
+        done = await h.wait_for_state(record.id, {TaskState.DELIVERED})
+        assert done.result_files == [f"results/{record.id}/0.png"]
+        assert h.outcomes(EventType.COMPLETED) == [record.id]
+        assert h.outcomes(EventType.FAILED) == []
+    finally:
+        await h.close()
+
+
+async def test_a_restart_resumes_a_download_that_kept_failing(simulator: KlingSimulator) -> None:
+    settings = settings_for(simulator)
+    first = await Harness(settings).open()
+    outage = _cdn_outage(first)
+    record = await first.submit()
+    await first.wait_until(lambda: outage["failures"] >= 2)
+    await first.kill()
+    await first.store.close()
+    stored = await _reopen_get(settings, record.id)
+    assert stored.state in RUNNING and stored.kling_status == "succeed"
+    second = await Harness(settings).open()
+    try:
+        await second.wait_for_state(record.id, {TaskState.DELIVERED})
+        assert second.outcomes(EventType.COMPLETED) == [record.id]
+    finally:
+        await second.close()
+
+
+async def _reopen_get(settings: Any, task_id: int) -> Any:
+    from bot.tasks.store import open_store
+
+    store = open_store(settings)
+    await store.open()
+    try:
+        return await store.get(task_id)
+    finally:
+        await store.close()
+
+
+async def test_download_retries_stop_at_the_download_deadline(
+    simulator: KlingSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tracker_module, "DOWNLOAD_GRACE_MIN", 0.6, raising=False)
+    h = await Harness(settings_for(simulator, task_max_age=0.3)).open()
+    outage = _cdn_outage(h)
+    try:
+        record = await h.submit()
+        await h.wait_until(lambda: h.outcomes(EventType.FAILED) == [record.id])
+        failed = await h.store.get(record.id)
+        assert failed is not None and failed.state in (TaskState.FAILED, TaskState.DELIVERED)
+        assert "could not download" in (failed.failure_reason or "")
+        assert outage["failures"] >= 2  # retried before giving up
+    finally:
+        await h.close()
+
+
+# --- 3: a queued task too big for a lowered limit -------------------------------------------
+
+
+async def test_a_queued_task_too_big_for_a_lowered_limit_fails_at_start(
+    simulator: KlingSimulator,
+) -> None:
+    settings = settings_for(simulator, kling_image_concurrency=4)
+    first = await Harness(settings).open(start=False)  # admission not running: both stay queued
+    big = await first.tracker.submit(
+        TaskKind.IMAGE, {"prompt": "x", "n": 4}, [subject()], origin(1)
+    )
+    small = await first.tracker.submit(
+        TaskKind.IMAGE, {"prompt": "y", "n": 1}, [subject()], origin(2)
+    )
+    await first.close()
+
+    second = await Harness(settings.model_copy(update={"kling_image_concurrency": 2})).open()
+    try:
+        await second.wait_for_state(small.id, {TaskState.DELIVERED})
+        failed = await second.wait_for_state(big.id, {TaskState.DELIVERED})
+        assert "at most 2" in (failed.failure_reason or "")
+        assert second.outcomes(EventType.FAILED) == [big.id]  # announced once
+        assert simulator.calls["create_image"] == 1
+    finally:
+        await second.close()
+
+
+# --- 4: the poller never loses a task -------------------------------------------------------
+
+
+class _FlakyStore:
+    """The real store, with one method failing the first ``times`` calls."""
+
+    def __init__(self, store: Any, method: str, exc: Exception, times: int = 1) -> None:
+        self._store = store
+        self._method = method
+        self._exc = exc
+        self.left = times
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._store, name)
+        if name != self._method:
+            return real
+
+        async def flaky(*args: Any, **kwargs: Any) -> Any:
+            if self.left > 0:
+                self.left -= 1
+                raise self._exc
+            return await real(*args, **kwargs)
+
+        return flaky
+
+
+@pytest.mark.parametrize(
+    ("method", "exc"),
+    [
+        ("get", RuntimeError("database is locked")),  # one task's load fails
+        ("count_tasks", ValueError("boom")),  # the whole kind's check fails
+    ],
+)
+async def test_the_poller_keeps_due_tasks_scheduled_when_a_check_fails(
+    simulator: KlingSimulator, method: str, exc: Exception
+) -> None:
+    h = await Harness(settings_for(simulator)).open()
+    flaky = _FlakyStore(h.store, method, exc)
+    h.tracker.poller._store = flaky  # type: ignore[assignment]
+    h.tracker.poller.schedule_policy = h.tracker.poller.schedule_policy.__class__(
+        first_delay=0.05, max_interval=0.25, batch_window=0.05
+    )
+    try:
+        record = await h.submit()
+        done = await h.wait_for_state(record.id, {TaskState.DELIVERED})
+        assert flaky.left == 0
+        assert done.state is TaskState.DELIVERED
+    finally:
+        await h.close()
+
+
+# --- 5: admission does not spin on past times -----------------------------------------------
+
+
+def test_next_wakeup_returns_only_future_times_and_lifts_an_expired_cap() -> None:
+    queue = KindQueue(TaskKind.IMAGE, limit=2)
+    queue.hold(99, 1)
+    queue.add(Entry(task_id=1, user_id=1, slots=2, queued_at=0.0, not_before=50.0))
+    queue.cap, queue.cap_until = 1, 50.0
+    assert queue.next_wakeup(10.0) == 50.0
+    assert queue.next_wakeup(60.0) is None  # past: a release wakes admission, not the clock
+    assert queue.cap is None
+
+
+async def test_admission_does_not_spin_while_a_backed_off_head_waits_for_a_slot() -> None:
+    admission = Admission(
+        client=None,  # type: ignore[arg-type]
+        store=None,  # type: ignore[arg-type]
+        limits={TaskKind.IMAGE: 1, TaskKind.VIDEO: 1},
+        request_for=None,  # type: ignore[arg-type]
+        submitted=None,  # type: ignore[arg-type]
+        create_failed=None,  # type: ignore[arg-type]
+        clock=time.time,
+    )
+    queue = admission.queues[TaskKind.IMAGE]
+    queue.hold(99, 1)  # a running task holds the only slot
+    queue.add(Entry(task_id=1, user_id=1, slots=1, queued_at=0, not_before=time.time() - 5))
+    queue.cap, queue.cap_until = 1, time.time() - 5
+    steps = 0
+    original = admission._dispatch_ready
+
+    def counting() -> None:
+        nonlocal steps
+        steps += 1
+        original()
+
+    admission._dispatch_ready = counting  # type: ignore[method-assign]
+    runner = asyncio.create_task(admission.run())
+    await asyncio.sleep(0.5)
+    runner.cancel()
+    await asyncio.gather(runner, return_exceptions=True)
+    assert steps < 5
+
+
+# --- 7: redirects are checked hop by hop ----------------------------------------------------
+
+
+async def test_result_redirects_are_followed_by_hand_and_checked(tmp_path: Path) -> None:
+    png = make_png()
+    hits: dict[str, int] = {}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        hits[name] = hits.get(name, 0) + 1
+        targets = {
+            "relative": "sub/ok.png",
+            "private": "https://10.1.2.3/x.png",
+            "plain": "http://example.com/x.png",
+            "loop": "/r/loop",
+        }
+        if name in targets:
+            raise web.HTTPFound(targets[name])
+        return web.Response(body=png, content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/r/{name}", handler)
+    app.router.add_get("/r/sub/{name}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = unused_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    base = f"http://127.0.0.1:{port}/r"
+    try:
+        async with aiohttp.ClientSession() as session:
+            downloader = ResultDownloader(
+                session, max_bytes=1 << 20, timeout=1, allow_loopback=True, base_delay=0.01
+            )
+            paths = await downloader.download_all([f"{base}/relative"], tmp_path / "1")
+            assert paths[0].read_bytes() == png and hits["ok.png"] == 1
+            for name in ("private", "plain"):
+                with pytest.raises(DownloadError, match="refuses") as caught:
+                    await downloader.download_all([f"{base}/{name}"], tmp_path / name)
+                assert caught.value.final
+            with pytest.raises(DownloadError, match="redirected more than 5"):
+                await downloader.download_all([f"{base}/loop"], tmp_path / "loop")
+            assert hits["loop"] == 6
+        with pytest.raises(DownloadError, match="private"):
+            downloader.check_url("https://192.168.1.1/x.png")
+    finally:
+        await runner.cleanup()
+
+
+# --- 12, 13: completions and callbacks racing the poller and admission ----------------------
+
+
+async def test_a_poll_answer_during_a_running_completion_keeps_the_task_scheduled(
+    simulator: KlingSimulator,
+) -> None:
+    h = await Harness(settings_for(simulator)).open(start=False)
+    try:
+        record = await h.submit()
+        h.tracker._completing.add(record.id)  # a callback's completion runs
+        assert await h.tracker._settle_polled(record, _task("k1", "succeed")) is True
+    finally:
+        await h.close()
+
+
+async def test_a_failed_create_with_an_early_callback_is_treated_as_submitted(
+    simulator: KlingSimulator,
+) -> None:
+    h = await Harness(settings_for(simulator)).open(start=False)
+    try:
+        record = await h.submit()
+        h.tracker._early[record.id] = _task("k-early", "processing")
+        await h.tracker._on_create_failed(record, "the create timed out")
+        fresh = await h.wait_for_state(record.id, RUNNING)
+        assert fresh.kling_task_id == "k-early"
+        assert h.tracker.admission.queues[TaskKind.IMAGE].held == {record.id: 1}
+        assert record.id in h.tracker._completing or len(h.tracker.poller) == 1
+        assert h.outcomes(EventType.FAILED) == []
+    finally:
+        await h.close()
+
+
+# --- 14: a cancelled queued task whose create may have reached Kling ------------------------
+
+
+async def test_a_cancelled_queued_task_created_at_kling_runs_to_cancelled_after_restart(
+    simulator: KlingSimulator,
+) -> None:
+    settings = settings_for(simulator)
+    first = await Harness(settings).open(start=False)
+    record = await first.submit()
+    request = await first.tracker._request_for(record)
+    await first.client.create_task(request, retry_busy=False)  # reached Kling; answer lost
+    await first.store.update(record.id, cancel_requested=True, submit_attempts=1)
+    await first.close()
+
+    second = await Harness(settings).open()
+    try:
+        held = second.tracker.admission.queues[TaskKind.IMAGE].held
+        assert held == {record.id: 1} or (await second.store.get(record.id)).kling_status
+        done = await second.wait_for_state(record.id, {TaskState.CANCELLED})
+        assert done.kling_task_id is not None and done.kling_status == "succeed"
+        assert simulator.calls["create_image"] == 1
+        assert second.outcomes(EventType.COMPLETED) == []
+        assert held == {}
+    finally:
+        await second.close()
+
+
+async def test_a_cancelled_queued_task_unknown_to_kling_is_cancelled_after_a_lookup(
+    simulator: KlingSimulator,
+) -> None:
+    settings = settings_for(simulator)
+    first = await Harness(settings).open(start=False)
+    record = await first.submit()
+    await first.store.update(record.id, cancel_requested=True, submit_attempts=1)
+    await first.close()
+
+    second = await Harness(settings).open()
+    try:
+        done = await second.wait_for_state(record.id, {TaskState.CANCELLED})
+        assert done.kling_task_id is None
+        assert simulator.calls["get_image"] == 1  # looked up before cancelling
+        assert simulator.calls["create_image"] == 0
+    finally:
+        await second.close()
+
+
+# --- 10: file reads and base64 off the event loop -------------------------------------------
+
+
+async def test_inputs_are_read_and_encoded_off_the_event_loop(
+    simulator: KlingSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop_thread = threading.current_thread()
+    on_loop: list[str] = []
+    real_b64, real_read = tracker_module._b64, tracker_module.Tracker.input_bytes
+
+    def b64(data: bytes) -> str:
+        if threading.current_thread() is loop_thread:
+            on_loop.append("b64")
+        return real_b64(data)
+
+    def read(self: Any, task: Any) -> Any:
+        if threading.current_thread() is loop_thread:
+            on_loop.append("read")
+        return real_read(self, task)
+
+    monkeypatch.setattr(tracker_module, "_b64", b64)
+    monkeypatch.setattr(tracker_module.Tracker, "input_bytes", read)
+    h = await Harness(settings_for(simulator)).open(start=False)
+    try:
+        record = await h.submit()
+        again = await h.tracker.resubmit(record.id, origin(1))
+        await h.tracker._request_for(again)
+        assert on_loop == []
+    finally:
+        await h.close()
