@@ -274,6 +274,7 @@ class FaultRule:
     remaining: int
     retry_after: float
     is_global: bool
+    after_handling: bool = False
     hits: list[Recorded] = field(default_factory=list)
 
 
@@ -991,8 +992,13 @@ class FakeDiscord:
         count: int = 1,
         retry_after: float = 0.05,
         is_global: bool = False,
+        after_handling: bool = False,
     ) -> FaultRule:
-        """Answer the next ``count`` requests whose API-relative path full-matches."""
+        """Answer the next ``count`` requests whose API-relative path full-matches.
+
+        ``after_handling``: carry the request out first (a message is stored), then answer with
+        the error anyway, like a Discord whose answer is lost after it did the work.
+        """
         default_messages = {
             429: "You are being rate limited.",
             500: "500: Internal Server Error",
@@ -1009,13 +1015,14 @@ class FakeDiscord:
             count,
             retry_after,
             is_global,
+            after_handling,
         )
         self.faults.append(rule)
         return rule
 
-    def _match_fault(self, rec: Recorded) -> web.Response | None:
+    def _match_fault(self, rec: Recorded, *, after: bool = False) -> web.Response | None:
         for rule in self.faults:
-            if rule.remaining <= 0:
+            if rule.remaining <= 0 or rule.after_handling is not after:
                 continue
             if rule.method not in ("*", rec.method) or not rule.pattern.fullmatch(rec.path):
                 continue
@@ -1060,6 +1067,7 @@ class FakeDiscord:
         response = self._match_fault(rec)
         if response is None:
             response = await self._dispatch(request, rec, full_path)
+            response = self._match_fault(rec, after=True) or response
         self.requests.append(rec)
         for hook in list(self.request_hooks):
             hook(rec)

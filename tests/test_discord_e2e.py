@@ -68,6 +68,7 @@ class World:
         )
         # Tests want quick retries and edits; production values are seconds.
         bot.delivery.retry_base_delay = 0.05
+        bot.delivery.retry_window = 0.6
         bot.status_messages.interval = 0.2
         self.bot, self._stack = bot, stack
         self._run = asyncio.create_task(bot.start(TOKEN))
@@ -447,6 +448,22 @@ async def test_transient_discord_errors_are_retried_once_posted(world: World) ->
     await world.wait_result()
     await world.wait_state(1, TaskState.DELIVERED)
     assert len(rule.hits) == 2
+    assert len(world.result_messages()) == 1
+
+
+async def test_a_post_that_failed_after_discord_stored_it_is_not_sent_again(
+    world: World,
+) -> None:
+    await world.start_bot()
+    rule = world.fake.fail_next(
+        "POST", rf"/channels/{world.channel_id}/messages", 503, after_handling=True
+    )
+    interaction = await run_image(world)
+    await world.fake.wait_for_callback(interaction)
+    await world.wait_state(1, TaskState.DELIVERED)
+    assert len(rule.hits) == 1
+    history = world.fake.requests_to("GET", rf"/channels/{world.channel_id}/messages")
+    assert history, "delivery must look before posting again"
     assert len(world.result_messages()) == 1
 
 

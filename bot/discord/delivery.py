@@ -31,8 +31,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 MAX_FILES = 10
-SEND_ATTEMPTS = 4
 RETRY_BASE_DELAY = 1.0
+MAX_RETRY_DELAY = 300.0
+# How long transient Discord failures (5xx, 429, network) are retried before giving up.
+RETRY_WINDOW = 30 * 60.0
 HISTORY_LIMIT = 50
 # Interaction tokens live 15 minutes; stop editing a little before, never after.
 STATUS_EDIT_WINDOW = 14 * 60.0
@@ -122,6 +124,7 @@ class Delivery:
         self.bot = bot
         self._in_flight: dict[int, asyncio.Task[None]] = {}
         self.retry_base_delay = RETRY_BASE_DELAY
+        self.retry_window = RETRY_WINDOW
 
     async def on_event(self, event: TaskEvent) -> None:
         if event.type not in (EventType.COMPLETED, EventType.FAILED):
@@ -171,8 +174,15 @@ class Delivery:
 
         limit = self._upload_limit(task.guild_id)
         post = await self._prepare(task, limit)
+        started = time.monotonic()
+        failures = 0
+        unsure = False  # did a failed attempt maybe create the message anyway?
         error = ""
-        for n in range(1, SEND_ATTEMPTS + 1):
+        while True:
+            if unsure and await self._already_posted(channel, task):
+                log.info("task %s: an attempt that seemed to fail had posted it", task.id)
+                await tracker.mark_delivered(task.id)
+                return
             try:
                 await self._send(channel, task, post)
             except discord.HTTPException as exc:
@@ -186,19 +196,22 @@ class Delivery:
                     return
                 error = str(exc)
                 if exc.status < 500 and exc.status != 429:
-                    break
+                    break  # a refusal that asking again will not change
+                unsure = exc.status >= 500
             except (aiohttp.ClientError, TimeoutError) as exc:
                 error = f"network error: {exc!r}"
+                unsure = True
             else:
                 await tracker.mark_delivered(task.id)
                 log.info("task %s posted in channel %s", task.id, task.channel_id)
                 return
-            if n < SEND_ATTEMPTS:
-                delay = self.retry_base_delay * 2 ** (n - 1)
-                log.warning(
-                    "task %s: posting failed (%s), retrying in %.1f s", task.id, error, delay
-                )
-                await asyncio.sleep(delay)
+            # Discord's outages pass: a paid result is worth retrying for a while.
+            failures += 1
+            delay = min(self.retry_base_delay * 2 ** (failures - 1), MAX_RETRY_DELAY)
+            if time.monotonic() - started + delay > self.retry_window:
+                break
+            log.warning("task %s: posting failed (%s), retrying in %.1f s", task.id, error, delay)
+            await asyncio.sleep(delay)
         reason = f"Discord refused the post: {error}" if error else "Discord refused the post"
         log.error("task %s is undeliverable: %s", task.id, reason)
         await tracker.mark_undeliverable(task.id, reason)
