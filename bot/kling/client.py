@@ -132,10 +132,9 @@ class KlingClient:
         else:
             body = self.flavour.video_body(request)
         label = f"create_{kind}"
-        log.info(
-            "%s: external_task_id=%s fields=%s size=%d bytes",
-            label, ext_id, sorted(body), len(jsonlib.dumps(body)),
-        )  # fmt: skip
+        payload = jsonlib.dumps(body)  # once: the images make it large
+        log.info("%s: external_task_id=%s fields=%s size=%d bytes",
+                 label, ext_id, sorted(body), len(payload))  # fmt: skip
         uncertain = False  # did an earlier attempt maybe create the task?
 
         async def attempt() -> KlingTask:
@@ -146,7 +145,9 @@ class KlingClient:
                     log.info("%s: found %s by external id, not creating again", label, ext_id)
                     return found
             try:
-                data = await self._request("POST", self.flavour.create_path(kind), label, json=body)
+                data = await self._request(
+                    "POST", self.flavour.create_path(kind), label, body=payload
+                )
                 return _with_external_id(_parse_task(data, label), ext_id)
             except (KlingNetworkError, KlingServerError):
                 uncertain = True
@@ -256,18 +257,17 @@ class KlingClient:
         method: str,
         path: str,
         label: str,
-        json: dict[str, Any] | None = None,
+        body: str | None = None,
         params: dict[str, str] | None = None,
     ) -> Any:
         """One HTTP exchange; returns the envelope's ``data`` or raises the matching KlingError."""
         headers = {"Content-Type": "application/json", "Authorization": self._auth.header()}
-        data = None if json is None else jsonlib.dumps(json)
         status: int | None = None
         try:
             async with self._session.request(
                 method,
                 self._base_url + path,
-                data=data,
+                data=body,
                 params=params,
                 headers=headers,
                 timeout=self._timeout,
