@@ -12,8 +12,9 @@ from typing import Any
 import discord
 
 from bot.discord.checks import GuildConfig, blocked_word_in
-from bot.discord.delivery import Delivery, StatusMessages, plan_files
+from bot.discord.delivery import Delivery, plan_files
 from bot.discord.embeds import footer_ref, link_fields
+from bot.discord.status import Pacer, StatusMessages
 from bot.discord.views import nearest_video_ratio
 from bot.kling.models import TaskKind
 from bot.tasks.models import EventType, TaskEvent, TaskRecord, TaskState
@@ -184,6 +185,62 @@ async def test_status_is_never_edited_after_the_token_window() -> None:
     await status.on_event(TaskEvent(EventType.STATE, record(state=TaskState.SUBMITTED)))
     assert interaction.edits == []
     assert 3 not in status
+
+
+class _EditLog:
+    """When each edit starts and how many are in flight at once, across interactions."""
+
+    def __init__(self, expected: int) -> None:
+        self.starts: list[float] = []
+        self.in_flight = self.most_in_flight = 0
+        self.expected = expected
+        self.all_started = asyncio.Event()
+
+
+class _SlowInteraction(_Interaction):
+    def __init__(self, log: _EditLog) -> None:
+        super().__init__(age=1)
+        self.log = log
+
+    async def edit_original_response(self, **kwargs: Any) -> None:
+        log = self.log
+        log.starts.append(time.monotonic())
+        if len(log.starts) == log.expected:
+            log.all_started.set()
+        log.in_flight += 1
+        log.most_in_flight = max(log.most_in_flight, log.in_flight)
+        try:
+            await asyncio.sleep(0.02)
+            await super().edit_original_response(**kwargs)
+        finally:
+            log.in_flight -= 1
+
+
+async def test_a_burst_of_status_changes_is_paced_and_each_message_edited_once() -> None:
+    """A poll cycle can move thousands of tasks at once: their edits must not all go out
+    together (they would crowd out replies to new commands), and each shows the newest state."""
+    status = StatusMessages(_status_bot())
+    status.interval = 0.0
+    rate, at_once, tasks = 200.0, 3, 40
+    status.pacer = Pacer(rate, at_once)
+    follows = _EditLog(expected=tasks)
+    interactions = {task_id: _SlowInteraction(follows) for task_id in range(1, tasks + 1)}
+    for task_id, interaction in interactions.items():
+        await status.follow(record(id=task_id), interaction)  # type: ignore[arg-type]
+    paced = _EditLog(expected=tasks)
+    for task_id, interaction in interactions.items():  # two changes per task, in one burst
+        interaction.log = paced
+        for state in (TaskState.SUBMITTED, TaskState.PROCESSING):
+            await status.on_event(TaskEvent(EventType.STATE, record(id=task_id, state=state)))
+    await asyncio.wait_for(paced.all_started.wait(), 10)
+    await asyncio.sleep(0.1)  # nothing more may follow
+    assert len(paced.starts) == tasks  # one paced edit per task, showing its newest state
+    assert paced.most_in_flight <= at_once
+    assert paced.starts[-1] - paced.starts[0] >= (tasks - 1) / rate * 0.99
+    for interaction in interactions.values():
+        assert len(interaction.edits) == 2
+        assert "generating" in (interaction.edits[-1].title or "")
+    await status.close()
 
 
 def test_many_links_are_never_cut_inside_a_link() -> None:

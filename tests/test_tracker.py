@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -22,8 +23,10 @@ from bot.kling.client import KlingClient
 from bot.kling.images import PreparedImage
 from bot.kling.models import TaskKind
 from bot.kling.simulator import KlingSimulator
+from bot.tasks import poller as poller_module
 from bot.tasks.admission import SlotsExceedLimit
 from bot.tasks.models import EventType, Origin, TaskEvent, TaskRecord, TaskState
+from bot.tasks.poller import Poller, PollSchedule
 from bot.tasks.results import (
     DownloadError,
     ResultDownloader,
@@ -549,6 +552,84 @@ async def test_one_cycle_settles_every_due_task_with_one_list_call(
         assert simulator.calls["list_image"] - before["list_image"] == 1
         assert simulator.calls["get_image"] - before["get_image"] == 0
         await h.wait_until(lambda: len(h.outcomes(EventType.COMPLETED)) == 50, limit=30)
+
+
+async def test_due_tasks_on_older_list_pages_are_reached_by_reading_on(
+    simulator: KlingSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kling lists newest first, so the oldest tasks are on the last page and page 1 may hold
+    none of the due ones: the cycle must read on to them, not fall back to one query each.
+    Scaled down: pages of 20 tasks instead of 500."""
+    monkeypatch.setattr(poller_module, "LIST_PAGE_MAX", 20)
+    monkeypatch.setattr(poller_module, "LIST_PAGE_MIN", 5)
+    simulator.config.processing_seconds = 0.3
+    # The poll loop idles (first check in a minute); the test drives one cycle by hand.
+    settings = settings_for(simulator, poll_first_delay=60.0, poll_max_interval=60.0)
+    async with harness(settings) as h:
+        records = [await h.submit(user_id=i % 9) for i in range(100)]
+        for record in records:
+            await h.wait_for_state(record.id, {TaskState.SUBMITTED})
+        await asyncio.sleep(0.5)  # all have ended at Kling
+        poller = h.tracker.poller
+        # Only the 12 oldest are due in the cycle run here; the rest much later. (The poll loop
+        # itself sleeps on: nothing is due for it before then.)
+        at = time.time() + 500
+        for record in records:
+            poller.schedule(record.id, record.kind, at if record.id <= 12 else at + 500)
+        before = Counter(simulator.calls)
+        assert await poller.run_cycle(at + 60) == 12
+        lists = simulator.calls["list_image"] - before["list_image"]
+        assert simulator.calls["get_image"] - before["get_image"] == 0
+        assert 2 <= lists <= 6  # pages of 20 back to the oldest of 100 tasks
+        await h.wait_until(lambda: len(h.outcomes(EventType.COMPLETED)) == 12, limit=30)
+        assert sorted(h.outcomes(EventType.COMPLETED)) == list(range(1, 13))
+
+
+def test_checks_of_thousands_of_pending_tasks_gather_into_few_cycles(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past one list page of pending tasks every cycle reads many pages, so checks are
+    rounded up onto a grid of half the longest interval: a few large cycles, not one per task.
+    Scaled down: pages of 20 tasks instead of 500."""
+    monkeypatch.setattr(poller_module, "LIST_PAGE_MAX", 20)
+    schedule = PollSchedule(first_delay=1.0, max_interval=4.0, batch_window=0.1)
+    poller = Poller(
+        client=None,  # type: ignore[arg-type]  # no cycle runs: only the schedule is tested
+        store=None,  # type: ignore[arg-type]
+        metrics=None,  # type: ignore[arg-type]
+        schedule=schedule,
+        concurrency=1,
+        max_age=3600,
+        settle=None,  # type: ignore[arg-type]
+        expire=None,  # type: ignore[arg-type]
+        clock=time.time,
+    )
+    rng = random.Random(7)
+    asked = {task_id: 1000 + rng.uniform(0, 20) for task_id in range(1, 201)}
+    for task_id, at in asked.items():
+        poller.schedule(task_id, TaskKind.IMAGE, at)
+    due = poller._due_at
+    assert all(due[i] == asked[i] for i in range(1, 22))  # up to one page: checked when due
+    rest = range(22, 201)
+    assert {due[i] for i in rest} <= {1000.0 + 2 * k for k in range(11)}  # on the grid,
+    assert all(asked[i] <= due[i] < asked[i] + 2 for i in rest)  # never early, < a step late
+
+
+async def test_the_safety_net_leaves_alone_tasks_whose_callbacks_arrive(
+    simulator: KlingSimulator,
+) -> None:
+    """A task's ``processing`` callback shows callbacks reach us for it: its safety-net check
+    moves out to the longest interval, so a task that ends before then costs no poll."""
+    simulator.config.submitted_seconds = 0.05
+    simulator.config.processing_seconds = 1.3  # ends 1.35 s after submit
+    # First safety-net check 1.0 s after submit; the longest interval 2.0 s.
+    settings = callback_settings(simulator, poll_interval_with_callbacks=2.0)
+    async with harness(settings) as h:
+        records = [await h.submit(user_id=i) for i in range(5)]
+        await h.wait_until(lambda: len(h.outcomes(EventType.COMPLETED)) == 5, limit=20)
+        assert h.tracker.poller.cycles == 0
+        assert simulator.calls["list_image"] == 0
+        assert simulator.calls["get_image"] == len(records)  # the confirming GETs only
 
 
 # --- files ---------------------------------------------------------------------------------

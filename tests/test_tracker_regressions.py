@@ -18,6 +18,7 @@ from bot.kling.models import KlingTask, TaskKind
 from bot.kling.simulator import KlingSimulator
 from bot.tasks.admission import Admission, Entry, KindQueue
 from bot.tasks.models import EventType, TaskState
+from bot.tasks.poller import Poller, PollSchedule
 from bot.tasks.results import DownloadError, ResultDownloader
 from tests.conftest import make_png, settings_for
 from tests.test_tracker import Harness, origin, subject
@@ -424,3 +425,56 @@ async def test_inputs_are_read_and_encoded_off_the_event_loop(
         assert on_loop == []
     finally:
         await h.close()
+
+
+# --- 8: the background loops stop when cancelled, whatever else happens at that moment ------
+
+
+def _idle_poller() -> Poller:
+    return Poller(
+        client=None,  # type: ignore[arg-type]  # nothing is scheduled: no cycle runs
+        store=None,  # type: ignore[arg-type]
+        metrics=None,  # type: ignore[arg-type]
+        schedule=PollSchedule(first_delay=1.0, max_interval=1.0, batch_window=0.1),
+        concurrency=1,
+        max_age=60,
+        settle=None,  # type: ignore[arg-type]
+        expire=None,  # type: ignore[arg-type]
+        clock=time.time,
+    )
+
+
+@pytest.mark.parametrize("steps", range(5))
+async def test_the_poll_loop_stops_when_cancelled_just_as_it_is_woken(steps: int) -> None:
+    """On Python 3.11 ``asyncio.wait_for`` swallows a cancel that arrives after the awaited
+    event was set but before the waiting task resumed: the loop ran on and shutdown hung."""
+    poller = _idle_poller()
+    loop_task = asyncio.create_task(poller.run())
+    await asyncio.sleep(0.01)  # the loop is waiting for its next tick
+    poller._wake.set()  # what schedule() does
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    loop_task.cancel()
+    done, _ = await asyncio.wait({loop_task}, timeout=3)
+    assert loop_task in done and loop_task.cancelled()
+
+
+@pytest.mark.parametrize("steps", range(5))
+async def test_the_admission_loop_stops_when_cancelled_just_as_it_is_woken(steps: int) -> None:
+    admission = Admission(
+        client=None,  # type: ignore[arg-type]  # nothing is queued: nothing is created
+        store=None,  # type: ignore[arg-type]
+        limits={TaskKind.IMAGE: 1, TaskKind.VIDEO: 1},
+        request_for=None,  # type: ignore[arg-type]
+        submitted=None,  # type: ignore[arg-type]
+        create_failed=None,  # type: ignore[arg-type]
+        clock=time.time,
+    )
+    loop_task = asyncio.create_task(admission.run())
+    await asyncio.sleep(0.01)
+    admission._wake.set()
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    loop_task.cancel()
+    done, _ = await asyncio.wait({loop_task}, timeout=3)
+    assert loop_task in done and loop_task.cancelled()

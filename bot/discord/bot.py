@@ -18,8 +18,9 @@ from pydantic import ValidationError
 
 from bot.config import Settings
 from bot.discord import checks
-from bot.discord.delivery import Delivery, StatusMessages
+from bot.discord.delivery import Delivery
 from bot.discord.errors import KlingCommandTree
+from bot.discord.status import StatusMessages
 from bot.discord.views import DYNAMIC_ITEMS
 from bot.kling.errors import KlingInvalidRequest
 from bot.kling.images import ImageRejected, prepare_images

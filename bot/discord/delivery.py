@@ -1,4 +1,4 @@
-"""Posting finished tasks in their channel, and keeping members' status messages current.
+"""Posting finished tasks in their channel.
 
 Results go out with the bot token (``get_partial_messageable(...).send``), never with the
 interaction token: a video can take longer than the token's 15 minutes, and a restart loses
@@ -36,9 +36,6 @@ MAX_RETRY_DELAY = 300.0
 # How long transient Discord failures (5xx, 429, network) are retried before giving up.
 RETRY_WINDOW = 30 * 60.0
 HISTORY_LIMIT = 50
-# Interaction tokens live 15 minutes; stop editing a little before, never after.
-STATUS_EDIT_WINDOW = 14 * 60.0
-STATUS_EDIT_INTERVAL = 2.0
 
 # Discord error codes meaning "this channel will not take the post" (not worth retrying).
 UNKNOWN_CHANNEL = 10003
@@ -299,90 +296,3 @@ class Delivery:
         except discord.HTTPException as exc:
             return f"the direct message failed too ({exc.status})"
         return "sent to the member by direct message"
-
-
-# --- live status messages ---------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Live:
-    interaction: discord.Interaction[Any]
-    expires_at: float
-    changes: tuple[str, ...]
-    last_edit: float = 0.0
-    latest: TaskRecord | None = None
-    pending: asyncio.Task[None] | None = None
-
-
-class StatusMessages:
-    """Edits each member's deferred reply as their task moves, while the token is valid."""
-
-    def __init__(self, bot: KlingBot) -> None:
-        self.bot = bot
-        self._live: dict[int, _Live] = {}
-        self.interval = STATUS_EDIT_INTERVAL
-
-    def __contains__(self, task_id: int) -> bool:
-        return task_id in self._live
-
-    async def follow(
-        self,
-        task: TaskRecord,
-        interaction: discord.Interaction[Any],
-        changes: tuple[str, ...] = (),
-    ) -> None:
-        now = time.time()
-        for stale in [tid for tid, e in self._live.items() if e.expires_at <= now]:
-            self._forget(stale)  # tokens past their window are never used again
-        expires = interaction.created_at.timestamp() + STATUS_EDIT_WINDOW
-        entry = _Live(interaction, expires, changes)
-        self._live[task.id] = entry
-        # The task may have moved on between submit and now: show its current record.
-        current = await self.bot.tracker.store.get(task.id) or task
-        await self._edit(task.id, entry, current)
-
-    async def on_event(self, event: TaskEvent) -> None:
-        entry = self._live.get(event.task.id)
-        if entry is None:
-            return
-        entry.latest = event.task
-        if entry.pending is not None:
-            return  # the scheduled edit will show the latest record
-        wait = entry.last_edit + self.interval - time.monotonic()
-        if wait <= 0:
-            await self._edit(event.task.id, entry, event.task)
-        else:
-            entry.pending = asyncio.create_task(self._later(event.task.id, entry, wait))
-
-    async def _later(self, task_id: int, entry: _Live, wait: float) -> None:
-        await asyncio.sleep(wait)
-        entry.pending = None
-        if entry.latest is not None:
-            await self._edit(task_id, entry, entry.latest)
-
-    async def _edit(self, task_id: int, entry: _Live, task: TaskRecord) -> None:
-        if time.time() >= entry.expires_at:
-            self._live.pop(task_id, None)
-            return
-        entry.last_edit = time.monotonic()
-        entry.latest = None
-        position = self.bot.tracker.queue_position(task_id) if task.is_active else None
-        embed = embeds.status_embed(task, position=position, changes=entry.changes)
-        try:
-            await entry.interaction.edit_original_response(content=None, embed=embed)
-        except discord.HTTPException as exc:
-            # An invalid token must not be used again (invalid requests count toward a ban).
-            log.info("task %s: status message no longer editable (%s)", task_id, exc.status)
-            self._live.pop(task_id, None)
-            return
-        if task.is_final:
-            self._live.pop(task_id, None)
-
-    def _forget(self, task_id: int) -> None:
-        entry = self._live.pop(task_id, None)
-        if entry is not None and entry.pending is not None:
-            entry.pending.cancel()
-
-    async def close(self) -> None:
-        for task_id in list(self._live):
-            self._forget(task_id)

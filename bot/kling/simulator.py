@@ -463,10 +463,9 @@ class KlingSimulator:
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake at once when the simulator closes."""
-        try:
-            await asyncio.wait_for(self._closing.wait(), seconds)
-        except TimeoutError:
-            pass
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._closing.wait()
 
     @staticmethod
     def _envelope(

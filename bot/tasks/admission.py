@@ -13,6 +13,7 @@ overtakes them (a big task is never starved by a stream of small ones).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -295,10 +296,11 @@ class Admission:
             now = self._clock()
             wakeups = [t for q in self.queues.values() if (t := q.next_wakeup(now)) is not None]
             timeout = None if not wakeups else max(0.01, min(wakeups) - now)
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that arrives as
+            # the event is set, and the loop would then never stop.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     def _dispatch_ready(self) -> None:
         now = self._clock()

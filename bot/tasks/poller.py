@@ -12,6 +12,7 @@ one (bounded by ``poll_concurrency``). Checks back off (x2 with jitter) up to a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import math
@@ -85,6 +86,13 @@ class Poller:
         return len(self._due_at)
 
     def schedule(self, task_id: int, kind: TaskKind, at: float) -> None:
+        if len(self._due_at) > LIST_PAGE_MAX:
+            # Thousands pending: every cycle reads many list pages, which settle every due task
+            # they hold. Checks rounded up onto a shared grid make a few large cycles that read
+            # the pages once for all of them, instead of many small ones that would each have to
+            # read them all for a few tasks (or query those one by one).
+            step = self.schedule_policy.max_interval / 2
+            at = math.ceil(at / step) * step
         earlier = not self._heap or at < self._heap[0][0]
         self._due_at[task_id] = at
         heapq.heappush(self._heap, (at, task_id, kind))
@@ -123,18 +131,19 @@ class Poller:
                     await asyncio.sleep(MAX_TICK)
                 continue
             wait = MAX_TICK if due is None else min(MAX_TICK, max(MIN_TICK, due - now))
-            try:
-                await asyncio.wait_for(self._wake.wait(), wait)
-            except TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that arrives as
+            # the event is set, and the loop would then never stop.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
 
     async def run_cycle(self, now: float) -> int:
         """Check every task due by ``now`` (plus the batch window); returns how many."""
         window = self.schedule_policy.batch_window
         if len(self) > LIST_PAGE_MAX:
-            # A cycle reads several list pages anyway: take in the tasks due within half the
-            # longest interval as well, rather than reading the same pages again for them soon.
-            window = max(window, self.schedule_policy.max_interval / 2)
+            # A cycle reads several list pages anyway: take in the tasks due a little later too
+            # (those scheduled before the grid above applied), not the next grid point's.
+            window = max(window, self.schedule_policy.max_interval / 4)
         horizon = now + window
         due: dict[TaskKind, list[int]] = defaultdict(list)
         while (at := self.next_due()) is not None and at <= horizon:
