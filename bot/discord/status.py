@@ -85,8 +85,10 @@ class StatusMessages:
         """Start following ``task`` in the reply to ``interaction``. Its first edit is not
         queued: there is one per command, and the member is waiting for it."""
         now = time.time()
-        for stale in [tid for tid, e in self._live.items() if e.expires_at <= now]:
-            self._live.pop(stale, None)  # tokens past their window are never used again
+        # Tokens past their window are never used again. Entries are in the order followed,
+        # which is the order their windows close: drop from the front.
+        while self._live and next(iter(self._live.values())).expires_at <= now:
+            del self._live[next(iter(self._live))]
         expires = interaction.created_at.timestamp() + STATUS_EDIT_WINDOW
         entry = _Live(interaction, expires, changes)
         self._live[task.id] = entry
