@@ -239,8 +239,9 @@ def test_next_wakeup_returns_only_future_times_and_lifts_an_expired_cap() -> Non
     assert queue.cap is None
 
 
-async def test_admission_does_not_spin_while_a_backed_off_head_waits_for_a_slot() -> None:
-    admission = Admission(
+def _bare_admission() -> Admission:
+    """Admission with one slot per kind and nothing behind it: only its loop is exercised."""
+    return Admission(
         client=None,  # type: ignore[arg-type]
         store=None,  # type: ignore[arg-type]
         limits={TaskKind.IMAGE: 1, TaskKind.VIDEO: 1},
@@ -249,6 +250,10 @@ async def test_admission_does_not_spin_while_a_backed_off_head_waits_for_a_slot(
         create_failed=None,  # type: ignore[arg-type]
         clock=time.time,
     )
+
+
+async def test_admission_does_not_spin_while_a_backed_off_head_waits_for_a_slot() -> None:
+    admission = _bare_admission()
     queue = admission.queues[TaskKind.IMAGE]
     queue.hold(99, 1)  # a running task holds the only slot
     queue.add(Entry(task_id=1, user_id=1, slots=1, queued_at=0, not_before=time.time() - 5))
@@ -461,15 +466,7 @@ async def test_the_poll_loop_stops_when_cancelled_just_as_it_is_woken(steps: int
 
 @pytest.mark.parametrize("steps", range(5))
 async def test_the_admission_loop_stops_when_cancelled_just_as_it_is_woken(steps: int) -> None:
-    admission = Admission(
-        client=None,  # type: ignore[arg-type]  # nothing is queued: nothing is created
-        store=None,  # type: ignore[arg-type]
-        limits={TaskKind.IMAGE: 1, TaskKind.VIDEO: 1},
-        request_for=None,  # type: ignore[arg-type]
-        submitted=None,  # type: ignore[arg-type]
-        create_failed=None,  # type: ignore[arg-type]
-        clock=time.time,
-    )
+    admission = _bare_admission()
     loop_task = asyncio.create_task(admission.run())
     await asyncio.sleep(0.01)
     admission._wake.set()

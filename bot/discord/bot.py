@@ -60,6 +60,9 @@ class KlingBot(commands.Bot):
     ) -> None:
         apply_discord_endpoints(settings)
         options.setdefault("intents", discord.Intents.default())
+        # No message cache: nothing here reads it (buttons carry their message, delivery asks
+        # REST), and 1,000 cached result messages cost memory for nothing.
+        options.setdefault("max_messages", None)
         super().__init__(
             command_prefix=commands.when_mentioned,
             tree_cls=KlingCommandTree,
