@@ -35,6 +35,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     sizes = [int(s) for s in args.sizes.split(",") if s]
     results: dict[str, Any] = {
         "machine": report.machine(),
+        "cpu_probe_ms": {"start": report.cpu_probe_ms()},
         "timing": timing_dict(timing),
         "command": "python -m bench " + " ".join(sys.argv[1:]),
         "scenarios": [],
@@ -55,6 +56,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print("-- image preparation ...", flush=True)
         rows = image_prep.run(rounds=3 if args.quick else 10)
         results["image_prep"] = {"rows": rows, "speedup": image_prep.speedup(rows)}
+    results["cpu_probe_ms"]["end"] = report.cpu_probe_ms()
     results["total_seconds"] = time.monotonic() - started
     return results
 
@@ -68,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(report.image_table(results["image_prep"]["rows"]))
         print(f"pass-through is {results['image_prep']['speedup']:.0f}x faster than converting")
+    probe = results["cpu_probe_ms"]
+    print(f"\nCPU probe (a fixed Python loop): {probe['start']} ms first, {probe['end']} ms last")
     report.write_json(args.out, results)
     print(f"\nwritten to {args.out} ({results['total_seconds']:.0f} s)")
     return 0

@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,36 @@ def machine() -> dict[str, Any]:
     }
 
 
+def cpu_probe_ms() -> float:
+    """Milliseconds for a fixed pure-Python loop, best of 3: how fast this machine runs Python
+    at the moment. A virtual machine slows down when its host is busy: runs compare by this."""
+    best = math.inf
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(2_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """(all, stolen) CPU ticks since boot from /proc/stat: stolen is the time the host gave
+    this machine's CPUs to others. None where there is no /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    ticks = [int(f) for f in fields]
+    return sum(ticks[:8]), ticks[7] if len(ticks) > 7 else 0
+
+
+def steal_percent(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    return round(100 * (after[1] - before[1]) / (after[0] - before[0]), 1)
+
+
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "—"
@@ -72,6 +103,7 @@ SCENARIO_COLUMNS = (
     ("peak MB", "peak_rss_mb", 0),
     ("max pending", "max_pending", 0),
     ("submit s", "submit_seconds", 1),
+    ("steal %", "cpu_steal_percent", 1),
 )
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bench import strategies
+from bench import report, strategies
 from bench.report import percentile
 from bot.kling.simulator import Faults, KlingSimulator, SimulatorConfig
 from tests.fake_discord import FakeDiscord
@@ -418,7 +418,7 @@ async def run_baseline(n: int, *, timing: Timing, workdir: Path) -> dict[str, An
 async def run_scenario(kind: str, n: int, timing: Timing) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="kling-bench-") as tmp:
         workdir = Path(tmp)
-        started = time.monotonic()
+        started, ticks = time.monotonic(), report.cpu_ticks()
         if kind == "baseline":
             result = await run_baseline(n, timing=timing, workdir=workdir)
         else:
@@ -426,6 +426,7 @@ async def run_scenario(kind: str, n: int, timing: Timing) -> dict[str, Any]:
                 n, callbacks=kind == "ours-callbacks", timing=timing, workdir=workdir
             )
         result["wall_seconds"] = time.monotonic() - started
+        result["cpu_steal_percent"] = report.steal_percent(ticks, report.cpu_ticks())
         return result
 
 

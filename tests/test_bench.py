@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.report import percentile, table
+from bench.report import percentile, steal_percent, table
 
 
 def test_percentile_nearest_rank() -> None:
@@ -24,3 +24,9 @@ def test_table_shows_missing_figures_as_dashes() -> None:
     text = table([{"tasks": 10, "strategy": "ours", "latency_p50_ms": None}])
     assert "| tasks" in text.splitlines()[0]
     assert "—" in text.splitlines()[2]
+
+
+def test_steal_share_is_the_stolen_part_of_the_ticks_between_two_readings() -> None:
+    assert steal_percent((1000, 10), (2000, 60)) == 5.0
+    assert steal_percent((1000, 10), (1000, 10)) is None  # no time passed
+    assert steal_percent(None, (2000, 60)) is None
