@@ -23,7 +23,6 @@ from bot.kling.client import KlingClient
 from bot.kling.images import PreparedImage
 from bot.kling.models import TaskKind
 from bot.kling.simulator import KlingSimulator
-from bot.tasks import confirm as confirm_module
 from bot.tasks import poller as poller_module
 from bot.tasks.admission import SlotsExceedLimit
 from bot.tasks.models import EventType, Origin, TaskEvent, TaskRecord, TaskState
@@ -130,12 +129,7 @@ class Harness:
 
     async def kill(self) -> None:
         """Stop as a SIGKILL would: no clean shutdown, just every piece of work gone."""
-        loops = [
-            *self.tracker._loops,
-            *self.tracker._background,
-            *self.tracker.admission._creates,
-            *self.tracker.confirmer._loops.values(),
-        ]
+        loops = [*self.tracker._loops, *self.tracker._background, *self.tracker.admission._creates]
         for task in loops:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
@@ -179,11 +173,10 @@ async def test_callbacks_alone_deliver_each_task_once_with_two_kling_calls(
             assert done.result_files == [f"results/{record.id}/0.png"]
             assert h.tracker.result_paths(done)[0].read_bytes().startswith(b"\x89PNG")
             assert done.credits == "1"
-        # One create per task and one confirmation each (a GET, or a list call shared by
-        # tasks ending together); no poll ever ran.
+        # One create and one confirming GET per task; no poll ever ran.
         assert simulator.calls["create_image"] == 3
-        assert simulator.calls["get_image"] + h.tracker.confirmer.shared == 3
-        assert simulator.calls["get_image"] + simulator.calls["list_image"] <= 3
+        assert simulator.calls["get_image"] == 3
+        assert simulator.calls["list_image"] == 0
         assert h.tracker.poller.cycles == 0
         assert sorted(h.outcomes(EventType.COMPLETED)) == sorted(ids)
         # Every state was announced once, in order, for each task.
@@ -635,86 +628,8 @@ async def test_the_safety_net_leaves_alone_tasks_whose_callbacks_arrive(
         records = [await h.submit(user_id=i) for i in range(5)]
         await h.wait_until(lambda: len(h.outcomes(EventType.COMPLETED)) == 5, limit=20)
         assert h.tracker.poller.cycles == 0
-        assert sum(h.tracker.metrics.polls.values()) == 0
-        # The confirmations only: one GET each, or list calls shared by tasks ending together.
-        assert simulator.calls["get_image"] + h.tracker.confirmer.shared == len(records)
-        assert simulator.calls["get_image"] + simulator.calls["list_image"] <= len(records)
-
-
-async def test_tasks_ending_together_are_confirmed_by_shared_list_calls(
-    simulator: KlingSimulator, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A lone terminal callback is confirmed at once by one GET; callbacks that come by the
-    dozen wait a moment and share list calls, each confirming at least two tasks."""
-    # Tasks here run half a second, not minutes: let a confirmation wait half that.
-    monkeypatch.setattr(confirm_module, "WAIT_SHARE", 0.5)
-    simulator.config.processing_seconds = 0.5
-    async with harness(callback_settings(simulator)) as h:
-        lone = await h.submit(user_id=99)
-        await h.wait_until(lambda: h.outcomes(EventType.COMPLETED) == [lone.id])
-        assert (simulator.calls["get_image"], simulator.calls["list_image"]) == (1, 0)
-
-        records = await asyncio.gather(*(h.submit(user_id=i) for i in range(40)))
-        ids = {r.id for r in records}
-        await h.wait_until(lambda: ids <= set(h.outcomes(EventType.COMPLETED)), limit=30)
-        assert h.tracker.poller.cycles == 0  # every status call below is a confirmation
-        gets = simulator.calls["get_image"] - 1
-        lists = simulator.calls["list_image"]
-        shared = h.tracker.confirmer.shared
-        assert lists >= 1 and shared >= 2 * lists
-        assert gets + shared == len(records)  # each task confirmed once, by one of the two
-        assert gets + lists <= len(records) * 0.75
-        assert Counter(h.outcomes(EventType.COMPLETED)) == Counter(ids | {lone.id})
-        for record in records:
-            done = await h.wait_for_state(record.id, {TaskState.DELIVERED})
-            assert done.result_files == [f"results/{record.id}/0.png"]
-        print(f"\n40 ending together: {lists} list calls confirmed {shared}, {gets} GETs")
-
-
-async def test_terminal_callbacks_kling_contradicts_complete_nothing_even_in_a_batch(
-    simulator: KlingSimulator, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Callbacks that say "succeed" for tasks still running at Kling (sent by someone holding
-    the URLs, or by mistake), confirmed together by a list call: none completes, and each
-    completes once when Kling really ends it."""
-    monkeypatch.setattr(confirm_module, "WAIT_SHARE", 0.5)
-    simulator.config.processing_seconds = 2.0
-    simulator.config.faults.callback_drop_rate = 1.0  # only the forged callbacks arrive
-    settings = callback_settings(simulator, poll_first_delay=0.3, poll_interval_with_callbacks=3.0)
-    async with harness(settings) as h:
-        records = [await h.submit(user_id=i) for i in range(8)]
-        running = [await h.wait_for_state(r.id, {TaskState.SUBMITTED}) for r in records]
-        await asyncio.sleep(0.3)  # they have run a while: a confirmation may wait for others
-
-        async def forge(record: TaskRecord) -> int:
-            body = {
-                "task_id": record.kling_task_id,
-                "task_status": "succeed",
-                "task_info": {"external_task_id": record.external_task_id},
-                "task_result": {"images": [{"index": 0, "url": "https://example.invalid/x.png"}]},
-            }
-            url = f"{settings.public_base_url}/kling/callback/{record.callback_token}"
-            async with h.session.post(url, json=body) as response:
-                return response.status
-
-        assert await asyncio.gather(*(forge(r) for r in running)) == [200] * len(running)
-        await h.wait_until(lambda: simulator.calls["list_image"] >= 1)
-        await h.wait_until(lambda: not h.tracker._completing)
-        # Answered by the list (the first may have gone alone, before the others came).
-        assert h.tracker.confirmer.shared >= len(running) - 1
-        assert h.outcomes(EventType.COMPLETED) == []
-        for record in running:
-            stored = await h.store.get(record.id)
-            assert stored is not None and stored.state in (
-                TaskState.SUBMITTED,
-                TaskState.PROCESSING,
-            )
-        ids = {r.id for r in records}
-        await h.wait_until(lambda: set(h.outcomes(EventType.COMPLETED)) == ids, limit=30)
-        assert Counter(h.outcomes(EventType.COMPLETED)) == Counter(ids)
-        for record in records:
-            done = await h.wait_for_state(record.id, {TaskState.DELIVERED})
-            assert done.result_urls != ["https://example.invalid/x.png"]
+        assert simulator.calls["list_image"] == 0
+        assert simulator.calls["get_image"] == len(records)  # the confirming GETs only
 
 
 # --- files ---------------------------------------------------------------------------------

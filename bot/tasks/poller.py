@@ -18,7 +18,7 @@ import logging
 import math
 import random
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from bot.kling.client import NOT_FOUND_CODES, KlingClient
@@ -38,7 +38,6 @@ MIN_TICK = 0.02
 # Returns True while the task is still pending at Kling (keep checking it).
 Settle = Callable[[TaskRecord, KlingTask], Awaitable[bool]]
 Expire = Callable[[TaskRecord], Awaitable[None]]
-Found = Callable[[TaskRecord, KlingTask], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,16 +192,40 @@ class Poller:
         self.cycles += 1
         unresolved = dict(pending)
         if self._client.flavour.supports_list:
-            await read_list(
-                self._client,
-                kind,
-                unresolved,
-                await list_span(self._store, pending.values()),
-                self._apply,
-                on_call=lambda: self._metrics.poll(kind, "list"),
-            )
+            # The list is newest first: it must reach back to the oldest due task, past our
+            # newer tasks (finished or not), to find them all in one call.
+            oldest = min(record.created_at for record in pending.values())
+            span = await self._store.count_tasks(since=oldest)
+            await self._check_by_list(kind, unresolved, max(len(pending), span))
         if unresolved:
             await asyncio.gather(*(self._check_one(kind, r) for r in unresolved.values()))
+
+    async def _check_by_list(
+        self, kind: TaskKind, unresolved: dict[str, TaskRecord], span: int
+    ) -> None:
+        """Settle what the list shows; ``span``: how far back (in tasks) the due ones go."""
+        # Kling lists by its own create order, which differs from ours by the creates that were
+        # in flight together: reach a little further back than the span so none is just missed.
+        page_size = min(LIST_PAGE_MAX, span + LIST_PAGE_MIN)
+        page = 1
+        while unresolved:
+            self._metrics.poll(kind, "list")
+            try:
+                tasks = await self._client.list_tasks(kind, page=page, page_size=page_size)
+            except KlingError as exc:
+                log.warning("list of %s tasks failed (%s); single queries instead", kind, exc)
+                return
+            found = [task for task in tasks if task.task_id in unresolved]
+            for task in found:
+                await self._apply(unresolved.pop(task.task_id), task)
+            # Newest first: the due tasks can be on any page back to the span (page 1 may hold
+            # none of them). Read on while the pages left to the span cost no more calls than
+            # fetching the tasks still unresolved one by one, which is what happens to the rest.
+            left = math.ceil((span + LIST_PAGE_MIN - page * page_size) / page_size)
+            more = len(tasks) == page_size and 0 < left <= len(unresolved)
+            if not more or page >= 1000:
+                return
+            page += 1
 
     async def _check_one(self, kind: TaskKind, record: TaskRecord) -> None:
         try:
@@ -245,54 +268,3 @@ class Poller:
         self.schedule(record.id, record.kind, at)
         # Persisted only so that a restart resumes the schedule; the heap is what runs it.
         await self._store.update(record.id, next_check_at=at, check_count=record.check_count + 1)
-
-
-async def list_span(store: TaskStore, records: Iterable[TaskRecord]) -> int:
-    """How far back (in tasks) Kling's list, newest first, must reach to hold ``records``: past
-    every newer task of ours, finished or not."""
-    records = list(records)
-    oldest = min(record.created_at for record in records)
-    return max(len(records), await store.count_tasks(since=oldest))
-
-
-def list_pages(span: int) -> int:
-    """The list calls that reach ``span`` tasks back (as ``read_list`` pages them)."""
-    page_size = min(LIST_PAGE_MAX, span + LIST_PAGE_MIN)
-    return math.ceil((span + LIST_PAGE_MIN) / page_size)
-
-
-async def read_list(
-    client: KlingClient,
-    kind: TaskKind,
-    unresolved: dict[str, TaskRecord],
-    span: int,
-    found: Found,
-    *,
-    on_call: Callable[[], None],
-) -> None:
-    """Hand each task of ``unresolved`` (by Kling task id) that the list shows to ``found``
-    and remove it; what is left must be asked about one by one. ``span``: how far back (in
-    tasks) they go."""
-    # Kling lists by its own create order, which differs from ours by the creates that were
-    # in flight together: reach a little further back than the span so none is just missed.
-    page_size = min(LIST_PAGE_MAX, span + LIST_PAGE_MIN)
-    page = 1
-    while unresolved:
-        on_call()
-        try:
-            tasks = await client.list_tasks(kind, page=page, page_size=page_size)
-        except KlingError as exc:
-            log.warning("list of %s tasks failed (%s); single queries instead", kind, exc)
-            return
-        for task in tasks:
-            record = unresolved.pop(task.task_id, None)
-            if record is not None:
-                await found(record, task)
-        # Newest first: the due tasks can be on any page back to the span (page 1 may hold
-        # none of them). Read on while the pages left to the span cost no more calls than
-        # fetching the tasks still unresolved one by one, which is what happens to the rest.
-        left = math.ceil((span + LIST_PAGE_MIN - page * page_size) / page_size)
-        more = len(tasks) == page_size and 0 < left <= len(unresolved)
-        if not more or page >= 1000:
-            return
-        page += 1

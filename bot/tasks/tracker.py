@@ -40,7 +40,6 @@ from bot.kling.models import (
     VideoTaskRequest,
 )
 from bot.tasks.admission import Admission, QueuePosition, QueueStats, SlotsExceedLimit
-from bot.tasks.confirm import Confirmer
 from bot.tasks.files import TaskFiles
 from bot.tasks.metrics import Metrics
 from bot.tasks.models import (
@@ -121,7 +120,6 @@ class Tracker:
             expire=self._expire,
             clock=clock,
         )
-        self.confirmer = Confirmer(client=client, store=store, clock=clock)
         self._subscribers: list[Subscriber] = []
         self._loops: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
@@ -197,7 +195,6 @@ class Tracker:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        await self.confirmer.close()
 
     # --- taking tasks in ---------------------------------------------------------------------
 
@@ -387,7 +384,7 @@ class Tracker:
             if confirm:
                 try:
                     kling_id = record.kling_task_id or task.task_id
-                    task = await self.confirmer.confirm(record, kling_id)
+                    task = await self.client.get_task(record.kind, kling_id)
                 except KlingError as exc:
                     log.warning("task %s: could not confirm the callback (%s); polling",
                                 record.id, exc)  # fmt: skip
