@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import io
 import random
-import time
-from collections.abc import Callable
 from typing import Any
 
 from PIL import Image
 
+from bench.report import best_seconds
 from bot.kling.images import prepare_image
 
 TARGET_BYTES = 8 * 1024 * 1024
@@ -62,21 +61,12 @@ def _rotated(jpeg: bytes) -> bytes:
     return _encode(image, "JPEG", quality=95, exif=exif.tobytes())
 
 
-def _time(work: Callable[[], object], rounds: int) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        work()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def run(rounds: int = 5) -> list[dict[str, Any]]:
     rows = []
     for name, expected, data in inputs():
         prepared = prepare_image(data, "subject1")
         path = "pass-through" if not prepared.changed and prepared.data is data else "convert"
-        seconds = _time(lambda data=data: prepare_image(data, "subject1"), rounds)
+        seconds = best_seconds(lambda data=data: prepare_image(data, "subject1"), rounds)
         rows.append(
             {
                 "input": name,

@@ -8,7 +8,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,17 +50,27 @@ def machine() -> dict[str, Any]:
     }
 
 
+def best_seconds(work: Callable[[], object], rounds: int) -> float:
+    """The fastest of ``rounds`` timings of ``work``: the least disturbed by anything else."""
+    best = math.inf
+    for _ in range(rounds):
+        started = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
 def cpu_probe_ms() -> float:
     """Milliseconds for a fixed pure-Python loop, best of 3: how fast this machine runs Python
     at the moment. A virtual machine slows down when its host is busy: runs compare by this."""
-    best = math.inf
-    for _ in range(3):
-        started = time.perf_counter()
-        total = 0
-        for i in range(2_000_000):
-            total += i
-        best = min(best, time.perf_counter() - started)
-    return round(best * 1000, 1)
+    return round(best_seconds(_count_up, rounds=3) * 1000, 1)
+
+
+def _count_up() -> int:
+    total = 0
+    for i in range(2_000_000):  # interpreted, step by step: sum(range(...)) would run in C
+        total += i
+    return total
 
 
 def cpu_ticks() -> tuple[int, int] | None:
@@ -75,6 +85,7 @@ def cpu_ticks() -> tuple[int, int] | None:
 
 
 def steal_percent(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The stolen share (%) of the CPU ticks between two ``cpu_ticks()`` readings."""
     if before is None or after is None or after[0] <= before[0]:
         return None
     return round(100 * (after[1] - before[1]) / (after[0] - before[0]), 1)

@@ -29,7 +29,6 @@ import aiohttp
 from aiohttp import web
 
 from bench import report, strategies
-from bench.report import percentile
 from bot.kling.simulator import Faults, KlingSimulator, SimulatorConfig
 from tests.fake_discord import FakeDiscord
 
@@ -237,7 +236,7 @@ def _summary(
     world: World, n: int, strategy: str, callbacks: str, watch: Watch, latencies: list[float]
 ) -> dict[str, Any]:
     calls = world.calls()
-    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+    p50, p99 = report.percentile(latencies, 50), report.percentile(latencies, 99)
     return {
         "tasks": n,
         "strategy": strategy,
