@@ -1608,9 +1608,13 @@ class FakeDiscord:
             data = session.compressor.compress(text.encode()) + session.compressor.flush(
                 zlib.Z_SYNC_FLUSH
             )
-            await ws.send_bytes(data)
+            send = ws.send_bytes(data)
         else:
-            await ws.send_str(text)
+            send = ws.send_str(text)
+        # The peer can die between the check above and the write (a SIGKILLed bot): Discord
+        # then just loses the frame, which a RESUME replays from session.events.
+        with contextlib.suppress(ConnectionResetError):
+            await send
 
     async def _dispatch_to(self, session: _Session, event: str, data: dict[str, Any]) -> None:
         session.seq += 1
