@@ -24,7 +24,14 @@ import aiohttp
 from pydantic import ValidationError
 
 from bot.config import ConfigError, Settings, load_settings
-from bot.kling.errors import KlingError, KlingInvalidRequest, KlingPolicyError
+from bot.kling.client import NOT_FOUND_CODES
+from bot.kling.errors import (
+    KlingBillingError,
+    KlingConfigError,
+    KlingError,
+    KlingInvalidRequest,
+    KlingPolicyError,
+)
 from bot.kling.models import (
     IMAGE_ASPECT_RATIOS,
     IMAGE_MODELS,
@@ -49,8 +56,8 @@ class CliError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+        # Two lines, not argparse's whole usage block: what is wrong, and where help is.
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n(see: {self.prog} -h)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,8 +140,10 @@ def _non_empty(text: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The client's retry warnings are for the bot's log; a one-shot command reports only how
+    # it ended (-v shows every step).
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
+        level=logging.DEBUG if args.verbose else logging.ERROR,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
@@ -215,16 +224,20 @@ async def _serve_simulator(args: argparse.Namespace) -> int:
 
 @contextlib.asynccontextmanager
 async def kling_session(
-    settings: Settings,
+    settings: Settings, *, simulate: bool = False
 ) -> AsyncIterator[tuple[Settings, Any, aiohttp.ClientSession]]:
-    """A client on one shared session; with the simulator provider, the simulator in-process."""
+    """A client on one shared session; with the simulator provider, the simulator in-process.
+
+    ``simulate`` (the ``--simulate`` flag) always starts one here, whatever ``KLING_BASE_URL``
+    says: a flag that means "no credits" must never reach a real API.
+    """
     from bot.kling.client import KlingClient
 
     async with contextlib.AsyncExitStack() as stack:
-        if settings.simulated:
+        if settings.simulated or simulate:
             from bot.kling.simulator import simulated_settings
 
-            settings = await simulated_settings(settings, stack)
+            settings = await simulated_settings(settings, stack, force=simulate)
         settings.require_kling_credentials()
         session = await stack.enter_async_context(aiohttp.ClientSession())
         yield settings, KlingClient.from_settings(settings, session), session
@@ -244,13 +257,13 @@ async def _generate(settings: Settings, args: argparse.Namespace) -> int:
             _progress(f"{image.label}: {change}")
     request = _build_request(settings, args, kind, [image.base64() for image in prepared])
 
-    async with kling_session(settings) as (settings, client, session):
+    async with kling_session(settings, simulate=args.simulate) as (settings, client, session):
         try:
             task = await client.create_task(request)
         except (KlingInvalidRequest, KlingPolicyError) as exc:
             raise CliError(f"Kling refused the request: {exc.message}", EXIT_BAD_INPUT) from None
         except KlingError as exc:
-            raise CliError(f"{exc} ({exc.user_message})", EXIT_CONFIG) from None
+            raise CliError(_kling_failure(exc), EXIT_CONFIG) from None
         _progress(f"submitted task {task.task_id} ({task.external_task_id})")
         task = await _wait(client, kind, task, wait_limit=args.timeout)
         if task.task_status is TaskStatus.FAILED:
@@ -345,7 +358,7 @@ async def _wait(client: Any, kind: TaskKind, task: KlingTask, *, wait_limit: flo
         try:
             task = await client.get_task(kind, task.task_id)
         except KlingError as exc:
-            raise CliError(f"{exc} ({exc.user_message})", EXIT_CONFIG) from None
+            raise CliError(_kling_failure(exc), EXIT_CONFIG) from None
     if sys.stderr.isatty():
         print(file=sys.stderr)
     return task
@@ -371,16 +384,24 @@ async def _download(
 
 async def _task(settings: Settings, args: argparse.Namespace) -> int:
     kind = TaskKind(args.kind)
-    async with kling_session(settings) as (settings, client, _session):
+    async with kling_session(settings, simulate=args.simulate) as (settings, client, _session):
         try:
             if args.action == "get":
                 tasks = [await client.get_task(kind, args.id)]
             else:
                 tasks = await client.list_tasks(kind, args.page, args.page_size)
-        except KlingInvalidRequest as exc:
-            raise CliError(f"Kling refused the request: {exc.message}", EXIT_BAD_INPUT) from None
         except KlingError as exc:
-            raise CliError(str(exc), EXIT_CONFIG) from None
+            if args.action == "get" and exc.code in NOT_FOUND_CODES:
+                raise CliError(
+                    f"Kling has no {kind.value} task {args.id!r} (give a task id or an external "
+                    f"task id of this account; Kling keeps tasks for 30 days)",
+                    EXIT_BAD_INPUT,
+                ) from None
+            if isinstance(exc, KlingInvalidRequest):
+                raise CliError(
+                    f"Kling refused the request: {exc.message}", EXIT_BAD_INPUT
+                ) from None
+            raise CliError(_kling_failure(exc), EXIT_CONFIG) from None
     if args.json:
         payload = [task.model_dump(mode="json") for task in tasks]
         print(json.dumps(payload[0] if args.action == "get" else payload))
@@ -397,6 +418,17 @@ async def _task(settings: Settings, args: argparse.Namespace) -> int:
     if not tasks:
         print("no tasks")
     return EXIT_OK
+
+
+def _kling_failure(exc: KlingError) -> str:
+    """Kling's error, and what the operator can do about it from the command line."""
+    if exc.retryable:
+        return f"{exc} (gave up after KLING_MAX_ATTEMPTS tries; try again later)"
+    if isinstance(exc, KlingConfigError):
+        return f"{exc} (check KLING_PROVIDER, KLING_BASE_URL and the keys)"
+    if isinstance(exc, KlingBillingError):
+        return f"{exc} (the Kling account has no credits left)"
+    return str(exc)
 
 
 def _summary(task: KlingTask, paths: list[Path]) -> dict[str, Any]:

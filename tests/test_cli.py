@@ -79,14 +79,43 @@ def test_generate_image_simulated_writes_four_pngs(tmp_path: Path, inputs: dict[
     assert result.returncode == 0, result.stderr
     paths = [Path(tmp_path, line) for line in result.stdout.split()]
     assert len(paths) == 4
+    task_id = re.search(r"submitted task (\S+)", result.stderr)
+    assert task_id, result.stderr
     for path in paths:
-        assert path.parent.parent == tmp_path / "out"
-        with Image.open(path) as image:
-            assert image.format == "PNG"
-            assert abs(image.width / image.height - 1.5) < 0.02
+        assert path.parent == tmp_path / "out" / task_id.group(1)
+        assert_valid_png(path, aspect=1.5)
     # The small subject was scaled up, and the CLI said so.
     assert "subject2: " in result.stderr and "scaled up" in result.stderr
-    assert "succeed" in result.stderr
+    # Progress while waiting: each state with the time elapsed.
+    assert re.search(r"^(submitted|processing) · \d+ s$", result.stderr, re.MULTILINE)
+    assert re.search(r"succeeded, \d+ credits; 4 file\(s\)", result.stderr)
+
+
+def assert_valid_png(path: Path, *, aspect: float | None = None) -> None:
+    """Decodes every pixel (a header alone would pass a truncated file)."""
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        image.load()
+        if aspect is not None:
+            assert abs(image.width / image.height - aspect) < 0.02
+
+
+def test_simulate_never_reaches_the_configured_api(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    """--simulate means no credits: a configured KLING_BASE_URL and real keys are not used."""
+    real = _clean_env(
+        KLING_PROVIDER="official",
+        KLING_BASE_URL=f"http://127.0.0.1:{_free_port()}",  # nothing listens: a call would fail
+        KLING_ACCESS_KEY="a-real-access-key",
+        KLING_SECRET_KEY="a-real-secret-key-that-the-simulator-does-not-know",
+    )
+    result = run_cli(
+        "generate", "image", "--simulate", "--subject", str(inputs["a.png"]), "--json",
+        cwd=tmp_path, env=real,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["status"] == "succeed"
+    listed = run_cli("task", "list", "image", "--simulate", cwd=tmp_path, env=real)
+    assert listed.returncode == 0, listed.stderr
 
 
 def test_generate_video_simulated_writes_a_playable_mp4(
@@ -139,6 +168,20 @@ def test_bad_usage_exits_2(tmp_path: Path, inputs: dict[str, Path], args: tuple[
     result = run_cli(*args, cwd=inputs["a.png"].parent)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
+
+
+def test_unreachable_api_exits_3_with_one_line(tmp_path: Path) -> None:
+    env = _clean_env(
+        KLING_PROVIDER="gateway",
+        KLING_BASE_URL=f"http://127.0.0.1:{_free_port()}",
+        KLING_API_KEY="k",
+        KLING_MAX_ATTEMPTS="2",
+    )
+    result = run_cli("task", "get", "video", "some-task", cwd=tmp_path, env=env)
+    assert result.returncode == 3
+    assert "Cannot connect" in result.stderr and "try again later" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_missing_credentials_exit_3_with_one_line(tmp_path: Path, inputs: dict[str, Path]) -> None:
@@ -206,8 +249,7 @@ def test_against_a_standalone_simulator(
     summary = json.loads(result.stdout)
     assert len(summary["files"]) == 2
     for path in summary["files"]:
-        with Image.open(tmp_path / path) as image:
-            assert image.format == "PNG"
+        assert_valid_png(tmp_path / path)
 
     got = run_cli("task", "get", "image", summary["external_task_id"], "--json",
                   cwd=tmp_path, env=official)  # fmt: skip
@@ -224,8 +266,9 @@ def test_against_a_standalone_simulator(
     assert "1000" in denied.stderr and "Traceback" not in denied.stderr
 
     missing = run_cli("task", "get", "video", "no-such-task", cwd=tmp_path, env=official)
-    assert missing.returncode in (2, 3)
-    assert "Traceback" not in missing.stderr
+    assert missing.returncode == 2
+    assert "no video task 'no-such-task'" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
 
 
 def test_failed_task_exits_1_with_the_reason(tmp_path: Path, inputs: dict[str, Path]) -> None:
@@ -237,7 +280,7 @@ def test_failed_task_exits_1_with_the_reason(tmp_path: Path, inputs: dict[str, P
             cwd=tmp_path, env=env,
         )  # fmt: skip
     assert result.returncode == 1, result.stderr
-    assert "failed" in result.stderr
+    assert "failed: Failure to pass the risk control system" in result.stderr
     assert not (tmp_path / "out").exists()
 
 

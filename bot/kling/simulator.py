@@ -57,6 +57,7 @@ from typing import Any
 import jwt
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 from PIL import Image
+from pydantic import SecretStr
 
 from bot.config import SIMULATOR_ACCESS_KEY, SIMULATOR_SECRET_KEY, Settings
 from bot.kling import sim_media
@@ -775,4 +776,13 @@ async def simulated_settings(
     base_url = await simulator.start()
     stack.push_async_callback(simulator.close)
     log.info("simulating Kling at %s: no credits are used", base_url)
-    return settings.model_copy(update={"kling_provider": "simulator", "kling_base_url": base_url})
+    # The simulator's own keys, never the operator's real ones (which it would refuse anyway).
+    return settings.model_copy(
+        update={
+            "kling_provider": "simulator",
+            "kling_base_url": base_url,
+            "kling_access_key": SecretStr(simulator.config.access_key),
+            "kling_secret_key": SecretStr(simulator.config.secret_key),
+            "kling_api_key": None,
+        }
+    )
