@@ -180,10 +180,12 @@ async def test_seed_004_official_video_accepted(simulator, http):
 
 
 async def test_seed_001_gateway_rejects_spaced_ratio_then_accepts(simulator, http):
-    status, env = await call(http, simulator, "POST", GW_IMAGE, SEED_001, BEARER)
+    # The seed's callback host is on the internet: tests call back to loopback only.
+    seed = {**SEED_001, "callback_url": "http://127.0.0.1:9/mgjptue"}
+    status, env = await call(http, simulator, "POST", GW_IMAGE, seed, BEARER)
     assert (status, env["code"]) == (400, 1201)
     assert env["message"].startswith("aspect_ratio: ' 2:3' is not one of 16:9")
-    data = await create(http, simulator, GW_IMAGE, {**SEED_001, "aspect_ratio": "2:3"}, BEARER)
+    data = await create(http, simulator, GW_IMAGE, {**seed, "aspect_ratio": "2:3"}, BEARER)
     task = simulator.tasks[data["task_id"]]
     assert task.images == ("http://dummyimage.com/400x400",) and task.scene is None
     assert task.n == 4
@@ -409,10 +411,29 @@ async def test_concurrency_counts_n_slots_until_tasks_end(simulator, http):
     await create(http, simulator, VIDEO, video_body())
     status, env = await call(http, simulator, "POST", VIDEO, video_body())
     assert (status, env["code"]) == (429, 1303)
-    simulator.config.faults.task_failure_rate = 1.0  # failed tasks free their slots too
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(simulator.config.submitted_seconds + simulator.config.processing_seconds)
     await create(http, simulator, IMAGE, image_body(n=4))
     await create(http, simulator, VIDEO, video_body())
+
+
+async def test_failed_tasks_hold_their_slots_until_they_end(simulator, http):
+    simulator.config.image_concurrency = 2
+    simulator.config.faults.task_failure_rate = 1.0
+    data = await create(http, simulator, IMAGE, image_body(n=2))
+    status, env = await call(http, simulator, "POST", IMAGE, image_body(n=1))
+    assert (status, env["code"]) == (429, 1303)  # a task that will fail still counts
+    final = await wait_final(http, simulator, IMAGE, data["task_id"])
+    assert final["task_status"] == "failed"
+    await create(http, simulator, IMAGE, image_body(n=2))  # its end freed both slots
+
+
+async def test_images_over_10_mb_are_refused_naming_the_field(simulator, http):
+    big = b64(b"\x89PNG\r\n\x1a\n" + bytes(10 * 1024 * 1024))
+    body = image_body(subject_image_list=[{"subject_image": b64(make_png())}], style_image=big)
+    status, env = await call(http, simulator, "POST", IMAGE, body)
+    assert (status, env["code"]) == (400, 1201)
+    assert env["message"].startswith("style_image") and "10 MB" in env["message"]
+    assert simulator.tasks == {}
 
 
 async def test_wrong_method_is_1202(simulator, http):
@@ -441,9 +462,37 @@ async def test_png_results_have_the_requested_aspect_ratio(simulator, http):
     image = Image.open(io.BytesIO(pictures[0]))
     assert image.format == "PNG" and max(image.size) == simulator.config.media_size
     assert abs(image.width / image.height - 9 / 16) < 0.02
+    image.load()  # every pixel decodes, not just the header
     async with http.get(final["task_result"]["images"][0]["url"].replace("0.png", "7.png")) as r:
         assert r.status == 404
     assert simulator.calls["result"] == 3
+
+
+def _share_dominated_by(image: Image.Image, channel: int) -> float:
+    """Share of pixels whose ``channel`` (0 red, 1 green, 2 blue) clearly outweighs the others."""
+    raw = image.convert("RGB").tobytes()
+    pixels = [raw[i : i + 3] for i in range(0, len(raw), 3)]
+    others = [c for c in range(3) if c != channel]
+    near = sum(1 for p in pixels if all(p[channel] > p[c] + 60 for c in others))
+    return near / len(pixels)
+
+
+async def test_results_compose_the_subjects_on_the_scene(simulator, http):
+    body = image_body(
+        aspect_ratio="1:1",
+        subject_image_list=[
+            {"subject_image": b64(make_png(400, 400, (230, 20, 20)))},
+            {"subject_image": b64(make_png(400, 400, (20, 20, 230)))},
+        ],
+        scene_image=b64(make_png(600, 400, (20, 220, 20))),
+    )
+    data = await create(http, simulator, IMAGE, body)
+    final = await wait_final(http, simulator, IMAGE, data["task_id"])
+    async with http.get(final["task_result"]["images"][0]["url"]) as resp:
+        result = Image.open(io.BytesIO(await resp.read()))
+    # The scene fills the background (tinted); both subjects are drawn on it, each visible.
+    assert _share_dominated_by(result, 1) > 0.3
+    assert _share_dominated_by(result, 0) > 0.02 and _share_dominated_by(result, 2) > 0.02
 
 
 @pytest.mark.parametrize(("ratio", "duration"), [("16:9", "5"), ("9:16", "10")])
@@ -633,3 +682,15 @@ async def test_start_again_inside_async_with_adds_the_address(http):
         assert second == sim.base_url != first and second.startswith("http://127.0.0.1:")
         status, env = await call(http, sim, "GET", GW_IMAGE, headers=BEARER)
         assert (status, env["code"], env["data"]) == (200, 0, [])
+
+
+async def test_bound_to_every_interface_results_name_the_address_the_client_used(http):
+    """``kling-bot simulate --host 0.0.0.0`` (a container): result URLs must be reachable."""
+    async with KlingSimulator(SimulatorConfig(submitted_seconds=0, processing_seconds=0)) as sim:
+        base_url = await sim.start("0.0.0.0", 0)
+        port = base_url.rsplit(":", 1)[1]
+        # Another container reaches it by a name of its own, not by our loopback address.
+        headers = {**jwt_headers(sim), "Host": f"kling-sim:{port}"}
+        data = await create(http, sim, headers=headers)
+        final = await wait_final(http, sim, IMAGE, data["task_id"], headers=headers)
+    assert final["task_result"]["images"][0]["url"].startswith(f"http://kling-sim:{port}/")

@@ -366,6 +366,7 @@ class KlingSimulator:
         self.calls: collections.Counter[str] = collections.Counter()
         self.tasks: dict[str, SimTask] = {}
         self.base_url = ""
+        self._result_origin_from_request = False
         self._rng = random.Random(self.config.seed)
         id_rng = random.Random(self.config.seed)
         self._ids = itertools.count(id_rng.randrange(10**17, 9 * 10**17))
@@ -414,8 +415,11 @@ class KlingSimulator:
         site = web.TCPSite(self._runner, host, port, backlog=4096)  # benchmarks open many
         await site.start()
         bound_host, bound_port = self._runner.addresses[-1][:2]
-        if bound_host in ("0.0.0.0", "::", ""):
-            bound_host = "127.0.0.1"  # result URLs must be connectable
+        # Bound to every interface (a container, another host): result URLs then name the
+        # address each client reached us at, not a loopback one it cannot connect to.
+        self._result_origin_from_request = bound_host in ("0.0.0.0", "::", "")
+        if self._result_origin_from_request:
+            bound_host = "127.0.0.1"
         bound_host = f"[{bound_host}]" if ":" in bound_host else bound_host
         self.base_url = f"http://{bound_host}:{bound_port}"
         log.info("Kling simulator listening on %s", self.base_url)
@@ -599,7 +603,7 @@ class KlingSimulator:
             done_at=processing_at + cfg.processing_seconds,
             failed=self._roll(faults.task_failure_rate),
             expired=self._roll(faults.expired_result_rate),
-            origin=self.base_url or str(request.url.origin()),
+            origin=self._result_origin(request),
             **spec,
         )
         self.tasks[task.task_id] = task
@@ -618,6 +622,11 @@ class KlingSimulator:
             raise ApiError(500, 5000, "connection dropped")  # never reaches the client
         data = task.to_json(TaskStatus.SUBMITTED).items()
         return {key: value for key, value in data if key in _CREATE_FIELDS}
+
+    def _result_origin(self, request: web.Request) -> str:
+        if self.base_url and not self._result_origin_from_request:
+            return self.base_url
+        return str(request.url.origin())
 
     def _check_slots(self, kind: TaskKind, slots: int, now: float) -> None:
         heap = self._slot_heap[kind]
