@@ -16,7 +16,7 @@ from discord.ext import commands
 
 from bot.discord import embeds
 from bot.discord.bot import KlingBot
-from bot.discord.checks import Refused
+from bot.discord.checks import Refused, guild_config
 from bot.kling.models import IMAGE_ASPECT_RATIOS, IMAGE_MODELS, VIDEO_ASPECT_RATIOS, TaskKind
 from bot.tasks.models import ACTIVE_STATES
 
@@ -65,9 +65,10 @@ class Generate(commands.GroupCog, group_name="kling", group_description="Generat
         self.bot = bot
         super().__init__()
 
-    @app_commands.command(name="image")
+    # posts_in_channel: the result is posted with the bot's own permissions, checked up front.
+    @app_commands.command(name="image", extras={"posts_in_channel": True})
     @app_commands.describe(
-        prompt="What the picture should show",
+        prompt="What the picture should show (optional: the images alone can be enough)",
         subject1="The main subject image (JPEG, PNG or WebP)",
         subject2="Another subject image",
         subject3="Another subject image",
@@ -75,27 +76,27 @@ class Generate(commands.GroupCog, group_name="kling", group_description="Generat
         scene="A background or scene image",
         style="An image whose style to copy",
         negative_prompt="What the picture should not show",
-        count="How many images to make (1-9)",
-        aspect_ratio="The shape of the images",
-        model="The Kling image model",
+        count="How many images to make (1-9; default: this server's)",
+        aspect_ratio="The shape of the images (default: this server's)",
+        model="The Kling image model (default: this server's)",
     )
     @app_commands.choices(aspect_ratio=IMAGE_RATIO_CHOICES, model=MODEL_CHOICES)
     async def image(
         self,
         interaction: discord.Interaction[KlingBot],
-        prompt: app_commands.Range[str, 1, 2500],
         subject1: discord.Attachment,
+        prompt: app_commands.Range[str, 1, 2500] | None = None,
         subject2: discord.Attachment | None = None,
         subject3: discord.Attachment | None = None,
         subject4: discord.Attachment | None = None,
         scene: discord.Attachment | None = None,
         style: discord.Attachment | None = None,
         negative_prompt: app_commands.Range[str, 1, 2500] | None = None,
-        count: app_commands.Range[int, 1, 9] = 1,
-        aspect_ratio: str = "16:9",
+        count: app_commands.Range[int, 1, 9] | None = None,
+        aspect_ratio: str | None = None,
         model: str | None = None,
     ) -> None:
-        """Make images from 1-4 subject images, optional scene and style images and a prompt."""
+        """Make images from 1-4 subject images, optional scene and style images and prompt."""
         await interaction.response.defer(thinking=True)
         items = await read_attachments(
             [
@@ -107,16 +108,20 @@ class Generate(commands.GroupCog, group_name="kling", group_description="Generat
                 ("style", style),
             ]
         )
+        defaults = (await guild_config(self.bot, interaction.guild_id)).defaults
         params: dict[str, Any] = {
             "prompt": prompt,
             "negative_prompt": negative_prompt,
-            "n": count,
-            "aspect_ratio": aspect_ratio,
-            "model_name": model or self.bot.settings.kling_image_model,
+            **defaults.image_options(
+                count=count,
+                aspect_ratio=aspect_ratio,
+                model=model,
+                server_model=self.bot.settings.kling_image_model,
+            ),
         }
         await self.bot.submit_request(interaction, TaskKind.IMAGE, params, items)
 
-    @app_commands.command(name="video")
+    @app_commands.command(name="video", extras={"posts_in_channel": True})
     @app_commands.describe(
         prompt="What should happen in the video",
         image1="The first image (JPEG, PNG or WebP)",
@@ -124,9 +129,9 @@ class Generate(commands.GroupCog, group_name="kling", group_description="Generat
         image3="Another image",
         image4="Another image",
         negative_prompt="What the video should not show",
-        mode="std is faster and cheaper, pro looks better",
-        duration="Length of the video",
-        aspect_ratio="The shape of the video",
+        mode="std is faster and cheaper, pro looks better (default: this server's)",
+        duration="Length of the video (default: this server's)",
+        aspect_ratio="The shape of the video (default: this server's)",
     )
     @app_commands.choices(
         mode=MODE_CHOICES, duration=DURATION_CHOICES, aspect_ratio=VIDEO_RATIO_CHOICES
@@ -140,21 +145,20 @@ class Generate(commands.GroupCog, group_name="kling", group_description="Generat
         image3: discord.Attachment | None = None,
         image4: discord.Attachment | None = None,
         negative_prompt: app_commands.Range[str, 1, 2500] | None = None,
-        mode: str = "std",
-        duration: str = "5",
-        aspect_ratio: str = "16:9",
+        mode: str | None = None,
+        duration: str | None = None,
+        aspect_ratio: str | None = None,
     ) -> None:
         """Make a 5 or 10 second video from 1-4 images and a prompt."""
         await interaction.response.defer(thinking=True)
         items = await read_attachments(
             [("image1", image1), ("image2", image2), ("image3", image3), ("image4", image4)]
         )
+        defaults = (await guild_config(self.bot, interaction.guild_id)).defaults
         params: dict[str, Any] = {
             "prompt": prompt,
             "negative_prompt": negative_prompt,
-            "mode": mode,
-            "duration": duration,
-            "aspect_ratio": aspect_ratio,
+            **defaults.video_options(mode=mode, duration=duration, aspect_ratio=aspect_ratio),
         }
         await self.bot.submit_request(interaction, TaskKind.VIDEO, params, items)
 

@@ -18,14 +18,36 @@ from discord.ext import commands
 
 from bot.discord import embeds
 from bot.discord.bot import KlingBot
-from bot.discord.checks import GuildConfig, Refused, guild_config, require_moderator
+from bot.discord.checks import (
+    GenerationDefaults,
+    GuildConfig,
+    Refused,
+    guild_config,
+    require_moderator,
+)
 from bot.tasks.models import TaskRecord, TaskState
-from cogs.generate import queue_summary
+from cogs.generate import (
+    DURATION_CHOICES,
+    IMAGE_RATIO_CHOICES,
+    MODE_CHOICES,
+    MODEL_CHOICES,
+    VIDEO_RATIO_CHOICES,
+    queue_summary,
+)
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 10
 STATE_CHOICES = [Choice(name=s.value, value=s.value) for s in TaskState]
+# How each guild default is named in the config summary and its change list.
+DEFAULT_LABELS = {
+    "image_model": "image model",
+    "image_aspect_ratio": "image aspect ratio",
+    "image_count": "images per task",
+    "video_mode": "video mode",
+    "video_duration": "video duration (s)",
+    "video_aspect_ratio": "video aspect ratio",
+}
 
 
 async def tasks_page(
@@ -222,6 +244,20 @@ class Moderation(commands.GroupCog, group_name="kling-mod", group_description="K
         unblock_word="Stop refusing this word",
         moderator_role="Members with this role may use /kling-mod",
         clear_moderator_role="Remove the moderator role setting",
+        image_model="Default image model when a member does not choose one",
+        image_aspect_ratio="Default shape of images",
+        image_count="Default number of images per task (1-9)",
+        video_mode="Default video mode",
+        video_duration="Default video length",
+        video_aspect_ratio="Default shape of videos",
+        clear_defaults="Forget this server's defaults (back to the bot's own)",
+    )
+    @app_commands.choices(
+        image_model=MODEL_CHOICES,
+        image_aspect_ratio=IMAGE_RATIO_CHOICES,
+        video_mode=MODE_CHOICES,
+        video_duration=DURATION_CHOICES,
+        video_aspect_ratio=VIDEO_RATIO_CHOICES,
     )
     async def config(
         self,
@@ -234,6 +270,13 @@ class Moderation(commands.GroupCog, group_name="kling-mod", group_description="K
         unblock_word: app_commands.Range[str, 1, 100] | None = None,
         moderator_role: discord.Role | None = None,
         clear_moderator_role: bool = False,
+        image_model: str | None = None,
+        image_aspect_ratio: str | None = None,
+        image_count: app_commands.Range[int, 1, 9] | None = None,
+        video_mode: str | None = None,
+        video_duration: str | None = None,
+        video_aspect_ratio: str | None = None,
+        clear_defaults: bool = False,
     ) -> None:
         """Show this server's Kling settings, or change them."""
         guild_id = interaction.guild_id
@@ -251,10 +294,21 @@ class Moderation(commands.GroupCog, group_name="kling-mod", group_description="K
             moderator_role=moderator_role.id if moderator_role else None,
             clear_moderator_role=clear_moderator_role,
         )
+        changed += apply_default_changes(
+            config.defaults,
+            clear=clear_defaults,
+            image_model=image_model,
+            image_aspect_ratio=image_aspect_ratio,
+            image_count=image_count,
+            video_mode=video_mode,
+            video_duration=video_duration,
+            video_aspect_ratio=video_aspect_ratio,
+        )
         if changed:
             await store.set_guild_config(guild_id, config.to_dict())
             log.info("moderator %s changed guild %s config", interaction.user.id, guild_id)
-        await interaction.response.send_message(embed=config_embed(config, changed), ephemeral=True)
+        embed = config_embed(config, changed, server_model=self.bot.settings.kling_image_model)
+        await interaction.response.send_message(embed=embed, ephemeral=True)
 
 
 def apply_config_changes(
@@ -301,7 +355,46 @@ def apply_config_changes(
     return changed
 
 
-def config_embed(config: GuildConfig, changed: list[str]) -> discord.Embed:
+def apply_default_changes(
+    defaults: GenerationDefaults, *, clear: bool = False, **values: Any
+) -> list[str]:
+    """Set the given defaults (None: leave as is); ``clear`` forgets all of them first."""
+    changed: list[str] = []
+    if clear:
+        for name in DEFAULT_LABELS:
+            setattr(defaults, name, None)
+        changed.append("defaults cleared")
+    for name, value in values.items():
+        if value is not None:
+            setattr(defaults, name, value)
+            changed.append(f"default {DEFAULT_LABELS[name]}: {value}")
+    return changed
+
+
+def defaults_summary(defaults: GenerationDefaults, server_model: str | None) -> str:
+    """What a member gets when leaving each option out, marking what this server did not set."""
+    image = defaults.image_options(
+        count=None, aspect_ratio=None, model=None, server_model=server_model
+    )
+    video = defaults.video_options(mode=None, duration=None, aspect_ratio=None)
+    effective = {
+        "image_model": image["model_name"],
+        "image_aspect_ratio": image["aspect_ratio"],
+        "image_count": image["n"],
+        "video_mode": video["mode"],
+        "video_duration": video["duration"],
+        "video_aspect_ratio": video["aspect_ratio"],
+    }
+    lines = []
+    for name, label in DEFAULT_LABELS.items():
+        own = getattr(defaults, name) is not None
+        lines.append(f"{label}: **{effective[name]}**" + ("" if own else " (bot default)"))
+    return "\n".join(lines)
+
+
+def config_embed(
+    config: GuildConfig, changed: list[str], *, server_model: str | None = None
+) -> discord.Embed:
     embed = discord.Embed(title="Kling settings for this server", colour=discord.Colour.blurple())
     channels = ", ".join(f"<#{c}>" for c in config.allowed_channels) or "every channel"
     embed.add_field(name="Allowed channels", value=embeds.short(channels, 1024), inline=False)
@@ -316,6 +409,9 @@ def config_embed(config: GuildConfig, changed: list[str]) -> discord.Embed:
         else "none (Manage Messages only)"
     )
     embed.add_field(name="Moderator role", value=role, inline=False)
+    embed.add_field(
+        name="Defaults", value=defaults_summary(config.defaults, server_model), inline=False
+    )
     if changed:
         embed.add_field(name="Changed", value=embeds.short("\n".join(changed), 1024), inline=False)
     return embed

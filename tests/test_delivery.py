@@ -11,14 +11,14 @@ from typing import Any
 
 import discord
 
-from bot.discord.checks import GuildConfig, blocked_word_in
+from bot.discord.checks import GenerationDefaults, GuildConfig, blocked_word_in
 from bot.discord.delivery import Delivery, plan_files
 from bot.discord.embeds import footer_ref, link_fields
 from bot.discord.status import Pacer, StatusMessages
 from bot.discord.views import nearest_video_ratio
 from bot.kling.models import TaskKind
 from bot.tasks.models import EventType, TaskEvent, TaskRecord, TaskState
-from cogs.moderation import apply_config_changes
+from cogs.moderation import apply_config_changes, apply_default_changes, defaults_summary
 
 MiB = 1024 * 1024
 
@@ -121,6 +121,41 @@ def test_server_wide_limits_apply_until_a_guild_sets_its_own() -> None:
     assert (fresh.max_active, fresh.daily_limit) == (7, 0)
     own = GuildConfig.from_dict({"max_active": 2}, **defaults)
     assert (own.max_active, own.daily_limit) == (2, 0)
+
+
+def test_guild_defaults_round_trip_and_resolve_in_order() -> None:
+    config = GuildConfig.from_dict({})
+    changed = apply_default_changes(
+        config.defaults, image_model="kling-v2-1", image_count=4, video_duration="10"
+    )
+    assert len(changed) == 3
+    defaults = GuildConfig.from_dict(config.to_dict()).defaults
+    assert (defaults.image_model, defaults.image_count) == ("kling-v2-1", 4)
+    # The member's option wins, then the guild's default, then the server's, then Kling's.
+    image = defaults.image_options(count=None, aspect_ratio="1:1", model=None, server_model="x")
+    assert image == {"n": 4, "aspect_ratio": "1:1", "model_name": "kling-v2-1"}
+    video = defaults.video_options(mode=None, duration=None, aspect_ratio=None)
+    assert video == {
+        "mode": "std",
+        "duration": "10",
+        "aspect_ratio": "16:9",
+        "model_name": "kling-v1-6",
+    }
+    plain = GenerationDefaults().image_options(
+        count=None, aspect_ratio=None, model=None, server_model="kling-v2-1"
+    )
+    assert plain == {"n": 1, "aspect_ratio": "16:9", "model_name": "kling-v2-1"}
+    assert "video duration (s): **10**\n" in defaults_summary(defaults, None) + "\n"
+
+    assert apply_default_changes(defaults, clear=True) == ["defaults cleared"]
+    assert defaults == GenerationDefaults()
+
+
+def test_stored_defaults_kling_no_longer_takes_are_ignored() -> None:
+    # A retired model or a hand-edited row must not make every command fail at Kling.
+    raw = {"defaults": {"image_model": "kling-v0", "image_count": 12, "video_mode": "pro"}}
+    defaults = GuildConfig.from_dict(raw).defaults
+    assert (defaults.image_model, defaults.image_count, defaults.video_mode) == (None, None, "pro")
 
 
 def test_animate_picks_the_closest_video_shape() -> None:

@@ -26,11 +26,22 @@ from bot.discord.embeds import LINK_NOTE, SIMULATED_NOTE
 from bot.discord.runner import Services, open_services, run_bot, sync_commands
 from bot.kling.simulator import KlingSimulator, SimulatorConfig
 from bot.tasks.models import TaskState
-from tests.fake_discord import FakeDiscord, FakeMessage
+from tests.fake_discord import (
+    BOT_PERMISSIONS,
+    P_READ_MESSAGE_HISTORY,
+    FakeDiscord,
+    FakeInteraction,
+    FakeMessage,
+)
 
 TOKEN = "fake-bot-token"
 EPHEMERAL = 64
 P_MANAGE_MESSAGES = 1 << 13
+MODERATOR_PERMISSIONS = P_MANAGE_MESSAGES | (1 << 11)
+OLD_AGAIN_AND_ANIMATE = [
+    {"type": 2, "style": 1, "label": "Again", "custom_id": "kling:again:1"},
+    {"type": 2, "style": 2, "label": "Animate", "custom_id": "kling:animate:1"},
+]
 
 
 def png_bytes(size: tuple[int, int] = (400, 400), colour: str = "red") -> bytes:
@@ -177,6 +188,47 @@ def content_mentions(message: FakeMessage, user_id: int) -> bool:
     return f"<@{user_id}>" in message.content
 
 
+def embed_fields(message: FakeMessage) -> dict[str, str]:
+    return {f["name"]: f["value"] for f in message.embeds[0].get("fields", [])}
+
+
+def button_ids(message: FakeMessage) -> list[str]:
+    return [c["custom_id"] for row in message.components for c in row["components"]]
+
+
+async def add_moderator(world: World, name: str = "mod") -> Any:
+    moderator = world.fake.add_user(name=name)
+    world.fake.add_member(world.guild_id, moderator, permissions=MODERATOR_PERMISSIONS)
+    return moderator
+
+
+async def moderator_config(world: World, moderator: Any, **options: Any) -> dict[str, Any]:
+    """Run ``/kling-mod config`` as ``moderator``; returns the callback's data."""
+    interaction = await world.fake.send_slash_command(
+        "kling-mod", subcommand="config", options=options, user=moderator
+    )
+    data = await world.fake.wait_for_callback(interaction)
+    assert data["data"]["flags"] & EPHEMERAL
+    return data["data"]
+
+
+async def kling_request(world: World, number: int) -> dict[str, Any]:
+    """The create body of the ``number``-th task the simulator received (1-based)."""
+    await until(lambda: len(world.sim.tasks) >= number)
+    return list(world.sim.tasks.values())[number - 1].request
+
+
+async def refusal(world: World, interaction: FakeInteraction) -> str:
+    """The ephemeral answer to a refused command or button, whether deferred first or not."""
+    data = await world.fake.wait_for_callback(interaction)
+    if interaction.callback_type == 4:
+        assert data["data"]["flags"] & EPHEMERAL
+        return str(data["data"]["content"])
+    message = await world.first_followup(interaction)
+    assert message.ephemeral
+    return message.content
+
+
 async def run_image(world: World, **attachments: Any) -> Any:
     return await world.fake.send_slash_command(
         "kling",
@@ -211,8 +263,15 @@ async def test_image_end_to_end(world: World) -> None:
             im.load()
     footer = message.embeds[0]["footer"]["text"]
     assert "Task #1" in footer and SIMULATED_NOTE in footer
-    custom_ids = [c["custom_id"] for row in message.components for c in row["components"]]
-    assert custom_ids == ["kling:again:1", "kling:animate:1", "kling:details:1"]
+    # The embed says what was asked and what it cost: prompt, model, parameters, time, credits.
+    assert message.embeds[0]["description"] == "a red cube on a table"
+    fields = embed_fields(message)
+    assert fields["Model"] == world.settings.kling_image_model == sim_task.request["model_name"]
+    assert "2 image(s)" in fields["Parameters"] and "aspect 1:1" in fields["Parameters"]
+    assert "subject1, subject2" in fields["Parameters"]
+    assert fields["Time taken"].endswith(" s")
+    assert fields["Credits"] == "none (simulated)"
+    assert button_ids(message) == ["kling:again:1", "kling:animate:1", "kling:details:1"]
 
     # Only the member is pinged: no @everyone or role pings through a prompt.
     post = world.fake.requests_to("POST", rf"/channels/{world.channel_id}/messages")[-1]
@@ -252,8 +311,14 @@ async def test_video_end_to_end(world: World) -> None:
     video = message.attachments[0]
     assert video.filename.endswith(".mp4")
     assert video.data[4:8] == b"ftyp"
-    custom_ids = [c["custom_id"] for row in message.components for c in row["components"]]
-    assert "kling:animate:1" not in custom_ids  # videos cannot be animated
+    assert "kling:animate:1" not in button_ids(message)  # videos cannot be animated
+    assert message.embeds[0]["description"] == "the cube spins"
+    fields = embed_fields(message)
+    assert fields["Model"] == sim_task.request["model_name"] == "kling-v1-6"
+    assert "mode pro" in fields["Parameters"] and "5 s" in fields["Parameters"]
+    assert "aspect 16:9" in fields["Parameters"] and "image1" in fields["Parameters"]
+    assert fields["Time taken"].endswith(" s")
+    assert fields["Credits"] == "none (simulated)"
 
 
 # --- refusals: nothing reaches Kling ------------------------------------------------------------
@@ -436,6 +501,29 @@ async def test_channel_gone_or_forbidden_dms_the_member(world: World, problem: s
     assert len(dm_messages) == 1 and len(dm_messages[0].attachments) == 2
     assert world.result_messages() == []
 
+    # Outside the guild no channel rule, limit or moderator applies: the DM offers Details
+    # only; and a DM that still carries Again and Animate (sent by an earlier version of the
+    # bot) gets them refused without starting a task.
+    dm = dm_messages[0]
+    assert button_ids(dm) == ["kling:details:1"]
+    details_row = dm.components[0]["components"]
+    dm.components = [{"type": 1, "components": [*OLD_AGAIN_AND_ANIMATE, *details_row]}]
+    again = await world.fake.click_button(
+        message_id=dm.id, custom_id="kling:again:1", channel_id=dms[0].id
+    )
+    assert "only works on the result posted in the server" in await refusal(world, again)
+    animate = await world.fake.click_button(
+        message_id=dm.id, custom_id="kling:animate:1", channel_id=dms[0].id
+    )
+    assert "only works" in await refusal(world, animate) and animate.modal is None
+    details = await world.fake.click_button(
+        message_id=dm.id, custom_id="kling:details:1", channel_id=dms[0].id
+    )
+    data = await world.fake.wait_for_callback(details)
+    assert "#1" in data["data"]["embeds"][0]["title"]
+    await asyncio.sleep(0.3)
+    assert len(world.sim.tasks) == 1
+
 
 async def test_transient_discord_errors_are_retried_once_posted(world: World) -> None:
     await world.start_bot()
@@ -482,14 +570,51 @@ async def test_persistent_discord_errors_end_undeliverable(world: World) -> None
 
 async def test_missing_bot_permissions_are_named_up_front(world: World) -> None:
     await world.start_bot()
+    interaction = await run_image(world)
+    await world.fake.wait_for_callback(interaction)
+    result = await world.wait_result()
+
     world.fake.set_channel_permissions(world.channel_id, can_send=True, can_attach_files=False)
     interaction = await run_image(world)
     data = await world.fake.wait_for_callback(interaction)
     assert interaction.callback_type == 4
     assert data["data"]["flags"] & EPHEMERAL
     assert "Attach Files" in data["data"]["content"]
+    # Again would end in a post too: refused the same way, before anything is deferred.
+    again = await world.fake.click_button(message_id=result.id, custom_id="kling:again:1")
+    data = await world.fake.wait_for_callback(again)
+    assert again.callback_type == 4 and data["data"]["flags"] & EPHEMERAL
+    assert "Attach Files" in data["data"]["content"]
+    await assert_ephemeral_commands_still_answer(world)
+
+    # Delivery reads the channel's history after an ambiguous failure: needed up front too.
+    world.fake.set_channel_permissions(world.channel_id, can_send=True)
+    bot_member = world.fake.guilds[world.guild_id].members[world.fake.bot.id]
+    bot_member.permissions = BOT_PERMISSIONS & ~P_READ_MESSAGE_HISTORY
+    interaction = await world.fake.send_slash_command(
+        "kling",
+        subcommand="video",
+        options={"prompt": "the cube spins"},
+        attachments={"image1": ("cube.png", png_bytes())},
+    )
+    data = await world.fake.wait_for_callback(interaction)
+    assert interaction.callback_type == 4
+    content = data["data"]["content"]
+    assert "Read Message History" in content and "Attach Files" not in content
+    await assert_ephemeral_commands_still_answer(world)
     await asyncio.sleep(0.2)
-    assert world.sim.tasks == {}
+    assert len(world.sim.tasks) == 1
+
+
+async def assert_ephemeral_commands_still_answer(world: World) -> None:
+    """/kling help, queue and status answer ephemerally: the bot's channel permissions do not
+    matter for them."""
+    for subcommand, options in (("help", {}), ("queue", {}), ("status", {"task": "#1"})):
+        interaction = await world.fake.send_slash_command(
+            "kling", subcommand=subcommand, options=options
+        )
+        data = await world.fake.wait_for_callback(interaction)
+        assert data["data"].get("embeds"), (subcommand, data["data"].get("content"))
 
 
 async def test_moderator_config_blocks_words_and_limits_channels(world: World) -> None:
@@ -595,12 +720,41 @@ async def test_sync_commands_over_rest_only(world: World) -> None:
     assert set(commands) == {"kling", "kling-mod"}
     assert int(commands["kling-mod"]["default_member_permissions"]) == P_MANAGE_MESSAGES
     assert commands["kling-mod"]["contexts"] == [0] and commands["kling"]["contexts"] == [0]
-    image = next(o for o in commands["kling"]["options"] if o["name"] == "image")
-    options = {o["name"]: o for o in image["options"]}
+    kling = {o["name"]: o for o in commands["kling"]["options"]}
+    assert set(kling) == {"image", "video", "queue", "status", "help"}
+    moderation = {o["name"]: o for o in commands["kling-mod"]["options"]}
+    assert set(moderation) == {"status", "tasks", "queue", "usage", "cancel", "config"}
+
+    # Sets: discord.py sends required options first, whatever the signature's order.
+    options = {o["name"]: o for o in kling["image"]["options"]}
+    assert set(options) == {
+        *("prompt", "subject1", "subject2", "subject3", "subject4", "scene", "style"),
+        *("negative_prompt", "count", "aspect_ratio", "model"),
+    }
     assert options["subject1"]["type"] == 11 and options["subject1"]["required"]
     assert options["style"]["type"] == 11 and not options["style"].get("required")
+    assert not options["prompt"].get("required")  # Kling takes images without a prompt
     assert options["count"]["min_value"] == 1 and options["count"]["max_value"] == 9
     assert all(o.get("description") for o in options.values())
+
+    video = {o["name"]: o for o in kling["video"]["options"]}
+    assert set(video) == {
+        *("prompt", "image1", "image2", "image3", "image4"),
+        *("negative_prompt", "mode", "duration", "aspect_ratio"),
+    }
+    assert video["prompt"]["required"] and video["image1"]["required"]
+    assert [c["value"] for c in video["mode"]["choices"]] == ["std", "pro"]
+    assert [c["value"] for c in video["duration"]["choices"]] == ["5", "10"]
+    assert all(o.get("description") for o in video.values())
+
+    config = {o["name"]: o for o in moderation["config"]["options"]}
+    defaults = ("image_model", "image_aspect_ratio", "image_count")
+    defaults += ("video_mode", "video_duration", "video_aspect_ratio", "clear_defaults")
+    assert set(defaults) <= set(config)
+    assert [c["value"] for c in config["image_model"]["choices"]] == ["kling-v2", "kling-v2-1"]
+    assert [c["value"] for c in config["video_aspect_ratio"]["choices"]] == ["16:9", "9:16", "1:1"]
+    assert config["image_count"]["min_value"] == 1 and config["image_count"]["max_value"] == 9
+    assert all(o.get("description") for o in config.values())
 
 
 async def test_run_bot_requires_a_token(tmp_path: Path) -> None:
@@ -688,3 +842,163 @@ async def test_moderator_tasks_pages_usage_and_queue(world: World) -> None:
     queue = await world.fake.send_slash_command("kling-mod", subcommand="queue", user=moderator)
     data = await world.fake.wait_for_callback(queue)
     assert "**image**: 0 waiting" in data["data"]["embeds"][0]["description"]
+
+
+# --- guild defaults, the moderator role, member limits ------------------------------------------
+
+
+async def test_guild_defaults_fill_the_options_a_member_leaves_out(world: World) -> None:
+    # Three tiers: the member's option, else the guild's default, else the server-wide setting.
+    world.settings = world.settings.model_copy(update={"kling_image_model": "kling-v2-1"})
+    await world.start_bot()
+    moderator = await add_moderator(world)
+    data = await moderator_config(
+        world,
+        moderator,
+        image_model="kling-v2",
+        image_aspect_ratio="3:4",
+        image_count=3,
+        video_mode="pro",
+        video_duration="10",
+        video_aspect_ratio="9:16",
+    )
+    shown = next(f["value"] for f in data["embeds"][0]["fields"] if f["name"] == "Defaults")
+    assert "image model: **kling-v2**" in shown and "images per task: **3**" in shown
+    assert "video duration (s): **10**" in shown and "(bot default)" not in shown
+    stored = await world.tracker.store.get_guild_config(world.guild_id)
+    assert stored["defaults"]["video_aspect_ratio"] == "9:16"
+
+    # No prompt either: Kling's image API does not need one.
+    plain = await world.fake.send_slash_command(
+        "kling", subcommand="image", attachments={"subject1": ("cube.png", png_bytes())}
+    )
+    await world.fake.wait_for_callback(plain)
+    request = await kling_request(world, 1)
+    assert (request["n"], request["aspect_ratio"], request["model_name"]) == (3, "3:4", "kling-v2")
+    assert "prompt" not in request
+    message = await world.wait_result()
+    assert message.embeds[0]["description"] == "*(no prompt)*"
+    await world.wait_state(1, TaskState.DELIVERED)
+
+    await run_image(world)  # count 2 and aspect 1:1 given: they win over the guild's
+    request = await kling_request(world, 2)
+    assert (request["n"], request["aspect_ratio"], request["model_name"]) == (2, "1:1", "kling-v2")
+    await world.wait_state(2, TaskState.DELIVERED)
+
+    video = await world.fake.send_slash_command(
+        "kling",
+        subcommand="video",
+        options={"prompt": "the cube spins"},
+        attachments={"image1": ("cube.png", png_bytes((640, 360)))},
+    )
+    await world.fake.wait_for_callback(video)
+    request = await kling_request(world, 3)
+    assert (request["mode"], request["duration"], request["aspect_ratio"]) == ("pro", "10", "9:16")
+    assert request["model_name"] == "kling-v1-6"
+
+    data = await moderator_config(world, moderator, clear_defaults=True)
+    shown = next(f["value"] for f in data["embeds"][0]["fields"] if f["name"] == "Defaults")
+    assert "image model: **kling-v2-1** (bot default)" in shown
+    plain = await world.fake.send_slash_command(
+        "kling", subcommand="image", attachments={"subject1": ("cube.png", png_bytes())}
+    )
+    await world.fake.wait_for_callback(plain)
+    request = await kling_request(world, 4)
+    assert (request["n"], request["aspect_ratio"]) == (1, "16:9")
+    assert request["model_name"] == "kling-v2-1"  # KLING_IMAGE_MODEL, the server-wide setting
+
+
+async def test_moderator_role_grants_moderator_commands_until_cleared(world: World) -> None:
+    await sync_commands(world.settings, world.guild_id)  # the fake then types the role option
+    role = world.fake.add_role(world.guild_id, name="kling helpers")
+    await world.start_bot()
+    helper = world.fake.add_user(name="helper")
+    world.fake.add_member(world.guild_id, helper, roles=[role])  # no Manage Messages
+    moderator = await add_moderator(world)
+
+    async def helper_queue() -> dict[str, Any]:
+        interaction = await world.fake.send_slash_command(
+            "kling-mod", subcommand="queue", user=helper
+        )
+        data = await world.fake.wait_for_callback(interaction)
+        assert data["data"]["flags"] & EPHEMERAL
+        return dict(data["data"])
+
+    assert "moderator" in (await helper_queue())["content"].lower()
+    await moderator_config(world, moderator, moderator_role=role.id)
+    allowed = await helper_queue()
+    assert allowed["embeds"][0]["title"] == "Kling queue"
+
+    await moderator_config(world, moderator, clear_moderator_role=True)
+    refused = await helper_queue()
+    assert "moderator" in refused["content"].lower() and not refused.get("embeds")
+
+
+@pytest.mark.parametrize("where", ["MEMBER_MAX_ACTIVE", "per-guild max_active"])
+async def test_member_limit_refuses_a_second_running_task_and_again(
+    world: World, where: str
+) -> None:
+    if where == "MEMBER_MAX_ACTIVE":
+        world.settings = world.settings.model_copy(update={"member_max_active": 1})
+    await world.start_bot()
+    if where != "MEMBER_MAX_ACTIVE":
+        await moderator_config(world, await add_moderator(world), max_active=1)
+    first = await run_image(world)
+    await world.fake.wait_for_callback(first)
+    result = await world.wait_result()
+    await world.wait_state(1, TaskState.DELIVERED)
+
+    world.sim.config.processing_seconds = 30.0  # the next task stays running at Kling
+    running = await run_image(world)
+    await world.fake.wait_for_callback(running)
+    await world.wait_state(2, TaskState.SUBMITTED, TaskState.PROCESSING)
+
+    second = await run_image(world)
+    assert "1 task(s) running (limit 1)" in await refusal(world, second)
+    again = await world.fake.click_button(message_id=result.id, custom_id="kling:again:1")
+    assert "1 task(s) running (limit 1)" in await refusal(world, again)
+    await asyncio.sleep(0.3)
+    assert len(world.sim.tasks) == 2
+    assert len(await world.tracker.store.list_tasks()) == 2
+
+
+async def test_animate_refused_to_strangers_and_again_allowed_to_moderators(world: World) -> None:
+    await world.start_bot()
+    interaction = await run_image(world)
+    await world.fake.wait_for_callback(interaction)
+    message = await world.wait_result()
+
+    stranger = world.fake.add_user(name="stranger")
+    click = await world.fake.click_button(
+        message_id=message.id, custom_id="kling:animate:1", user=stranger
+    )
+    assert "Only the member who asked" in await refusal(world, click)
+    assert click.modal is None
+
+    moderator = await add_moderator(world)
+    click = await world.fake.click_button(
+        message_id=message.id, custom_id="kling:again:1", user=moderator
+    )
+    await world.fake.wait_for_callback(click)
+    assert click.callback_type == 5
+    second = await world.wait_result(lambda m: "Task #2" in m.embeds[0]["footer"]["text"])
+    assert content_mentions(second, moderator.id)  # the presser's task, under their limits
+    record = await world.tracker.store.get(2)
+    assert record.user_id == moderator.id and len(world.sim.tasks) == 2
+
+
+async def test_links_refused_as_too_large_too_end_undeliverable_without_looping(
+    world: World,
+) -> None:
+    await world.start_bot()
+    rule = world.fake.fail_next(
+        "POST", rf"/channels/{world.channel_id}/messages", 413, code=40005, count=100
+    )
+    interaction = await run_image(world)
+    await world.fake.wait_for_callback(interaction)
+    await world.wait_state(1, TaskState.UNDELIVERABLE)
+    record = await world.tracker.store.get(1)
+    assert "413" in (record.delivery_error or "")
+    await asyncio.sleep(0.3)
+    # Once with the files, once with links only; then it stops.
+    assert [len(hit.files) for hit in rule.hits] == [2, 0]

@@ -3,19 +3,31 @@
 Guild config keys (``store.get_guild_config``/``set_guild_config``, a JSON object):
 ``allowed_channels`` (list of channel ids; empty = every channel), ``max_active`` (a member's
 tasks not yet finished at Kling), ``daily_limit`` (a member's tasks per 24 h), ``blocked_words``
-(list), ``moderator_role_id``. A missing limit uses the default below; 0 means no limit.
+(list), ``moderator_role_id``, ``defaults`` (the options a member leaves out: ``image_model``,
+``image_aspect_ratio``, ``image_count``, ``video_mode``, ``video_duration``,
+``video_aspect_ratio``). A missing limit uses the default below; 0 means no limit. A missing
+default uses the server-wide setting, else Kling's own default.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 
+from bot.kling.models import (
+    IMAGE_ASPECT_RATIOS,
+    IMAGE_MODELS,
+    VIDEO_ASPECT_RATIOS,
+    ImageTaskRequest,
+    TaskKind,
+    VideoTaskRequest,
+)
 from bot.tasks.models import ACTIVE_STATES
 
 if TYPE_CHECKING:
@@ -38,6 +50,85 @@ class NotModerator(app_commands.CheckFailure):
         )
 
 
+def request_default(kind: TaskKind, name: str) -> Any:
+    """Kling's own default for a request field: the request models are the one source."""
+    request = ImageTaskRequest if kind == TaskKind.IMAGE else VideoTaskRequest
+    return request.model_fields[name].default
+
+
+def first_set(*values: Any) -> Any:
+    return next((value for value in values if value is not None), None)
+
+
+def _one_of(value: Any, allowed: Iterable[Any]) -> Any:
+    # A stored value Kling no longer takes (a retired model) must not break every command.
+    return value if value in tuple(allowed) else None
+
+
+@dataclass(slots=True)
+class GenerationDefaults:
+    """A guild's values for the options a member leaves out; None: the server-wide default."""
+
+    image_model: str | None = None
+    image_aspect_ratio: str | None = None
+    image_count: int | None = None
+    video_mode: str | None = None
+    video_duration: str | None = None
+    video_aspect_ratio: str | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> GenerationDefaults:
+        raw = raw or {}
+        return cls(
+            image_model=_one_of(raw.get("image_model"), IMAGE_MODELS),
+            image_aspect_ratio=_one_of(raw.get("image_aspect_ratio"), IMAGE_ASPECT_RATIOS),
+            image_count=_one_of(raw.get("image_count"), range(1, 10)),
+            video_mode=_one_of(raw.get("video_mode"), ("std", "pro")),
+            video_duration=_one_of(raw.get("video_duration"), ("5", "10")),
+            video_aspect_ratio=_one_of(raw.get("video_aspect_ratio"), VIDEO_ASPECT_RATIOS),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def image_options(
+        self,
+        *,
+        count: int | None,
+        aspect_ratio: str | None,
+        model: str | None,
+        server_model: str | None,
+    ) -> dict[str, Any]:
+        """Image parameters: the member's option, else this guild's default, else the
+        server-wide setting, else Kling's default. Stored resolved, so Again repeats them."""
+        image = TaskKind.IMAGE
+        return {
+            "n": first_set(count, self.image_count, request_default(image, "n")),
+            "aspect_ratio": first_set(
+                aspect_ratio, self.image_aspect_ratio, request_default(image, "aspect_ratio")
+            ),
+            "model_name": first_set(
+                model, self.image_model, server_model, request_default(image, "model_name")
+            ),
+        }
+
+    def video_options(
+        self, *, mode: str | None, duration: str | None, aspect_ratio: str | None
+    ) -> dict[str, Any]:
+        """Video parameters, resolved like ``image_options``."""
+        video = TaskKind.VIDEO
+        return {
+            "mode": first_set(mode, self.video_mode, request_default(video, "mode")),
+            "duration": first_set(
+                duration, self.video_duration, request_default(video, "duration")
+            ),
+            "aspect_ratio": first_set(
+                aspect_ratio, self.video_aspect_ratio, request_default(video, "aspect_ratio")
+            ),
+            "model_name": request_default(video, "model_name"),
+        }
+
+
 @dataclass(slots=True)
 class GuildConfig:
     allowed_channels: list[int] = field(default_factory=list)
@@ -45,6 +136,7 @@ class GuildConfig:
     daily_limit: int = DEFAULT_DAILY_LIMIT
     blocked_words: list[str] = field(default_factory=list)
     moderator_role_id: int | None = None
+    defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
 
     @classmethod
     def from_dict(
@@ -68,6 +160,7 @@ class GuildConfig:
             daily_limit=limit("daily_limit", daily_limit),
             blocked_words=[str(w) for w in raw.get("blocked_words") or []],
             moderator_role_id=int(role) if role else None,
+            defaults=GenerationDefaults.from_dict(raw.get("defaults")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,6 +170,7 @@ class GuildConfig:
             "daily_limit": self.daily_limit,
             "blocked_words": list(self.blocked_words),
             "moderator_role_id": self.moderator_role_id,
+            "defaults": self.defaults.to_dict(),
         }
 
 

@@ -183,11 +183,16 @@ class Delivery:
             try:
                 await self._send(channel, task, post)
             except discord.HTTPException as exc:
-                if exc.status == 413 or exc.code == PAYLOAD_TOO_LARGE:
-                    # Our idea of the limit was too generous: fall back to links only.
+                too_large = exc.status == 413 or exc.code == PAYLOAD_TOO_LARGE
+                if too_large and post.files:
+                    # Our idea of the limit was too generous: fall back to links only, once.
                     log.warning("task %s: upload refused as too large, sending links", task.id)
                     post = await self._prepare(task, 0)
                     continue
+                if too_large:
+                    # Even without files: smaller it cannot get, so it is a refusal.
+                    error = str(exc)
+                    break
                 if _is_gone(exc):
                     await self._undeliverable(task, exc)
                     return
@@ -229,7 +234,9 @@ class Delivery:
         ]
         return Post(files=files, links=links)
 
-    def _message(self, task: TaskRecord, post: Post, *, prefix: str = "") -> dict[str, Any]:
+    def _message(
+        self, task: TaskRecord, post: Post, *, prefix: str = "", direct_message: bool = False
+    ) -> dict[str, Any]:
         succeeded = task.state == TaskState.SUCCEED or (
             task.state not in (TaskState.FAILED,) and bool(task.result_files)
         )
@@ -248,7 +255,7 @@ class Delivery:
             "content": content,
             "embed": embed,
             "files": post.discord_files(),
-            "view": result_view(task, succeeded=succeeded),
+            "view": result_view(task, succeeded=succeeded, direct_message=direct_message),
             "allowed_mentions": _mentions(task.user_id),
         }
 
@@ -290,7 +297,7 @@ class Delivery:
             dm = await self.bot.create_dm(discord.Object(id=task.user_id))
             post = await self._prepare(task, DEFAULT_UPLOAD_LIMIT)
             prefix = f"I could not post in <#{task.channel_id}> ({why}), so here it is."
-            await dm.send(**self._message(task, post, prefix=prefix))
+            await dm.send(**self._message(task, post, prefix=prefix, direct_message=True))
         except discord.Forbidden:
             return "the member does not accept direct messages"
         except discord.HTTPException as exc:

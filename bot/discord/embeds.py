@@ -12,6 +12,7 @@ from typing import Any
 
 import discord
 
+from bot.discord.checks import request_default
 from bot.kling.models import TaskKind
 from bot.tasks.models import TaskRecord, TaskState
 
@@ -72,12 +73,18 @@ def duration_words(seconds: float | None) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def model_of(task: TaskRecord) -> str:
+    """The model the task's request used: stored with its parameters, else (tasks stored
+    before the model was) the request's default for its kind."""
+    return str(task.params.get("model_name") or request_default(task.kind, "model_name"))
+
+
 def params_line(task: TaskRecord) -> str:
     """The generation parameters in one line: what a member would want to reproduce."""
     p = task.params
     if task.kind == TaskKind.IMAGE:
         parts = [
-            f"model {p.get('model_name') or 'default'}",
+            f"model {model_of(task)}",
             f"{p.get('n', 1)} image(s)",
             f"aspect {p.get('aspect_ratio', '16:9')}",
         ]
@@ -151,9 +158,7 @@ def result_embed(task: TaskRecord, *, links: Sequence[str] = ()) -> discord.Embe
     if task.simulated:
         title = f"{title} ({SIMULATED_NOTE})"
     embed = _base(task, short(title, 256), discord.Colour.green())
-    model = task.params.get("model_name") or ("kling-v1-6" if task.kind == TaskKind.VIDEO else "")
-    if model:
-        embed.add_field(name="Model", value=model, inline=True)
+    embed.add_field(name="Model", value=model_of(task), inline=True)
     embed.add_field(name="Time taken", value=duration_words(task.duration()), inline=True)
     embed.add_field(
         name="Credits", value="none (simulated)" if task.simulated else (task.credits or "—")
@@ -268,7 +273,7 @@ def help_embed() -> discord.Embed:
     )
     embed.add_field(
         name="/kling image",
-        value="1–4 subject images, optional scene and style images and a prompt → 1–9 images.",
+        value="1–4 subject images, optional scene and style images and prompt → 1–9 images.",
         inline=False,
     )
     embed.add_field(

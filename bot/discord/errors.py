@@ -19,7 +19,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # What the bot needs in a channel to post results (threads need their own send permission).
-REQUIRED_PERMISSIONS = ("send_messages", "attach_files", "embed_links")
+# Read Message History: after an ambiguous failure delivery reads the channel to find its post.
+REQUIRED_PERMISSIONS = (
+    "view_channel",
+    "send_messages",
+    "attach_files",
+    "embed_links",
+    "read_message_history",
+)
 
 
 def permission_names(names: list[str]) -> str:
@@ -66,23 +73,36 @@ def missing_channel_permissions(interaction: discord.Interaction[Any]) -> list[s
     if interaction.guild_id is None:
         return []
     perms = interaction.app_permissions
-    wanted = list(REQUIRED_PERMISSIONS)
-    if isinstance(interaction.channel, discord.Thread):
-        wanted[0] = "send_messages_in_threads"
+    in_thread = isinstance(interaction.channel, discord.Thread)
+    wanted = [
+        "send_messages_in_threads" if in_thread and name == "send_messages" else name
+        for name in REQUIRED_PERMISSIONS
+    ]
     return [name for name in wanted if not getattr(perms, name)]
+
+
+def require_channel_permissions(interaction: discord.Interaction[Any]) -> None:
+    """Refuse up front, naming the permissions, instead of failing when the result is ready.
+
+    Only for what ends in a post in the channel (generation commands, Again, Animate):
+    ephemeral answers need none of these permissions.
+    """
+    missing = missing_channel_permissions(interaction)
+    if missing:
+        raise app_commands.BotMissingPermissions(missing)
+
+
+def posts_in_channel(command: Any) -> bool:
+    """Commands mark this with ``extras={"posts_in_channel": True}``."""
+    return bool(getattr(command, "extras", {}).get("posts_in_channel"))
 
 
 class KlingCommandTree(app_commands.CommandTree["KlingBot"]):
     async def interaction_check(self, interaction: discord.Interaction[KlingBot], /) -> bool:
-        # Refuse up front, naming the permissions, instead of failing when the result is ready.
         if interaction.type is not discord.InteractionType.application_command:
             return True
-        command = interaction.command
-        root = command.root_parent if command is not None else None
-        if root is not None and root.name == "kling":
-            missing = missing_channel_permissions(interaction)
-            if missing:
-                raise app_commands.BotMissingPermissions(missing)
+        if posts_in_channel(interaction.command):
+            require_channel_permissions(interaction)
         return True
 
     async def on_error(

@@ -13,10 +13,11 @@ import re
 from typing import TYPE_CHECKING, Any
 
 import discord
+from discord import app_commands
 
 from bot.discord import embeds
-from bot.discord.checks import Refused, guild_config, is_moderator
-from bot.discord.errors import refuse, reply
+from bot.discord.checks import GenerationDefaults, Refused, guild_config, is_moderator
+from bot.discord.errors import KlingCommandTree, refuse, reply, require_channel_permissions
 from bot.kling.errors import KlingInvalidRequest
 from bot.kling.models import VIDEO_ASPECT_RATIOS, TaskKind
 from bot.tasks.models import TaskRecord
@@ -36,9 +37,17 @@ async def _load_task(interaction: discord.Interaction[KlingBot], task_id: int) -
     return task
 
 
-async def _require_owner_or_moderator(
+async def _require_generation_rights(
     interaction: discord.Interaction[KlingBot], task: TaskRecord
 ) -> None:
+    """Again and Animate start paid work: the guild's rules and the bot's permissions apply."""
+    if interaction.guild_id is None:
+        # A result sent by direct message: no channel, moderators or limits of the guild here.
+        raise Refused(
+            "This button only works on the result posted in the server: use it there, or run "
+            "`/kling` in the server again."
+        )
+    require_channel_permissions(interaction)
     if interaction.user.id == task.user_id:
         return
     config = await guild_config(interaction.client, interaction.guild_id)
@@ -48,9 +57,11 @@ async def _require_owner_or_moderator(
 
 async def _report(interaction: discord.Interaction[KlingBot], exc: Exception, what: str) -> None:
     """Buttons and modals bypass the command tree's handler: same treatment here."""
-    if isinstance(exc, Refused):
-        await refuse(interaction, str(exc))
-        return
+    if isinstance(exc, app_commands.AppCommandError):
+        message = KlingCommandTree.message_for(exc)
+        if message is not None:
+            await refuse(interaction, message)
+            return
     error_id = f"{id(exc) & 0xFFFFFF:06X}"
     log.error("%s failed (error id %s)", what, error_id, exc_info=exc)
     try:
@@ -87,7 +98,7 @@ class AgainButton(
         bot = interaction.client
         try:
             task = await _load_task(interaction, self.task_id)
-            await _require_owner_or_moderator(interaction, task)
+            await _require_generation_rights(interaction, task)
             await interaction.response.defer(thinking=True)
             await bot.check_request(interaction, task.params)
             origin = bot.origin_of(interaction)
@@ -128,11 +139,12 @@ class AnimateButton(
     async def callback(self, interaction: discord.Interaction[KlingBot]) -> None:  # type: ignore[override]
         try:
             task = await _load_task(interaction, self.task_id)
-            await _require_owner_or_moderator(interaction, task)
+            await _require_generation_rights(interaction, task)
             if task.kind != TaskKind.IMAGE or not task.result_files:
                 raise Refused("Only finished image results can be animated.")
             # A modal must be the first response: only quick store reads happen before it.
-            await interaction.response.send_modal(AnimateModal(task))
+            config = await guild_config(interaction.client, interaction.guild_id)
+            await interaction.response.send_modal(AnimateModal(task, config.defaults))
         except Exception as exc:
             await _report(interaction, exc, f"Animate on task {self.task_id}")
 
@@ -172,11 +184,16 @@ class DetailsButton(
 DYNAMIC_ITEMS = (AgainButton, AnimateButton, DetailsButton)
 
 
-def result_view(task: TaskRecord, *, succeeded: bool) -> discord.ui.View:
+def result_view(
+    task: TaskRecord, *, succeeded: bool, direct_message: bool = False
+) -> discord.ui.View:
+    """The buttons of a result post. A direct message gets Details only: Again and Animate
+    start tasks, which only the guild's channel, limits and moderators may govern."""
     view = discord.ui.View(timeout=None)
-    view.add_item(AgainButton(task.id))
-    if succeeded and task.kind == TaskKind.IMAGE:
-        view.add_item(AnimateButton(task.id))
+    if not direct_message:
+        view.add_item(AgainButton(task.id))
+        if succeeded and task.kind == TaskKind.IMAGE:
+            view.add_item(AnimateButton(task.id))
     view.add_item(DetailsButton(task.id))
     return view
 
@@ -199,15 +216,19 @@ def _ratio(text: str) -> float:
 
 
 class AnimateModal(discord.ui.Modal):
-    """Asks for the video prompt; mode and duration have defaults."""
+    """Asks for the video prompt; mode and duration start at the guild's defaults."""
 
-    def __init__(self, task: TaskRecord) -> None:
+    def __init__(self, task: TaskRecord, defaults: GenerationDefaults | None = None) -> None:
         super().__init__(
             title=f"Animate {task.short_ref}",
             timeout=900,
             custom_id=f"kling:animate-modal:{task.id}",
         )
         self.task_id = task.id
+        # The fields' start values, and what an emptied field means.
+        self.preset = (defaults or GenerationDefaults()).video_options(
+            mode=None, duration=None, aspect_ratio=None
+        )
         self.prompt: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
             label="Prompt: what should happen in the video?",
             custom_id="prompt",
@@ -217,12 +238,16 @@ class AnimateModal(discord.ui.Modal):
             required=True,
         )
         self.mode: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
-            label="Mode: std or pro", custom_id="mode", default="std", required=False, max_length=3
+            label="Mode: std or pro",
+            custom_id="mode",
+            default=self.preset["mode"],
+            required=False,
+            max_length=3,
         )
         self.duration: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
             label="Duration in seconds: 5 or 10",
             custom_id="duration",
-            default="5",
+            default=self.preset["duration"],
             required=False,
             max_length=2,
         )
@@ -237,15 +262,15 @@ class AnimateModal(discord.ui.Modal):
             await _report(interaction, exc, f"Animate of task {self.task_id}")
 
     async def _submit(self, interaction: discord.Interaction[KlingBot]) -> None:
-        mode = (self.mode.value or "std").strip().lower()
-        duration = (self.duration.value or "5").strip().rstrip("s").strip()
+        mode = (self.mode.value or self.preset["mode"]).strip().lower()
+        duration = (self.duration.value or self.preset["duration"]).strip().rstrip("s").strip()
         if mode not in ("std", "pro"):
             raise Refused(f"Mode must be std or pro, not “{mode}”.")
         if duration not in ("5", "10"):
             raise Refused(f"Duration must be 5 or 10 seconds, not “{duration}”.")
         bot = interaction.client
         task = await _load_task(interaction, self.task_id)
-        await _require_owner_or_moderator(interaction, task)
+        await _require_generation_rights(interaction, task)
         await interaction.response.defer(thinking=True)
         paths = bot.tracker.result_paths(task)[:MAX_ANIMATE_IMAGES]
         try:
@@ -259,10 +284,12 @@ class AnimateModal(discord.ui.Modal):
                 "press Again to make new ones first."
             ) from None
         items = [(f"image{i + 1}", data) for i, data in enumerate(datas)]
+        # The image's shape matters more than a default shape.
+        aspect_ratio = nearest_video_ratio(task.params.get("aspect_ratio"))
         params: dict[str, Any] = {
             "prompt": self.prompt.value.strip(),
-            "mode": mode,
-            "duration": duration,
-            "aspect_ratio": nearest_video_ratio(task.params.get("aspect_ratio")),
+            **GenerationDefaults().video_options(
+                mode=mode, duration=duration, aspect_ratio=aspect_ratio
+            ),
         }
         await bot.submit_request(interaction, TaskKind.VIDEO, params, items)
