@@ -15,11 +15,14 @@ RUN useradd --create-home --uid 10001 kling \
     && mkdir -p /data && chown kling:kling /data
 WORKDIR /app
 
-# Dependencies in their own layer: rebuilt only when pyproject.toml changes.
-COPY pyproject.toml README.md ./
-RUN mkdir -p bot cogs && touch bot/__init__.py cogs/__init__.py \
+# Dependencies in their own layer: rebuilt only when pyproject.toml changes. setuptools reads
+# `readme = "README.md"` for the metadata, so an empty stand-in serves here; the real one comes
+# with the code below, and editing it does not reinstall the dependencies.
+COPY pyproject.toml ./
+RUN mkdir -p bot cogs && touch README.md bot/__init__.py cogs/__init__.py \
     && pip install . && pip uninstall -y kling-discord-bot
 
+COPY README.md ./
 COPY bot ./bot
 COPY cogs ./cogs
 RUN pip install --no-deps .

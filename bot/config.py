@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,8 +25,14 @@ class ConfigError(Exception):
 
 
 class Settings(BaseSettings):
+    # env_ignore_empty: ".env.example" leaves blanks (KLING_API_KEY=), which mean "not set",
+    # in the environment and in .env alike; without it a blank number fails to parse.
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", validate_default=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+        validate_default=True,
     )
 
     # Discord
@@ -86,6 +93,21 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
 
+    @field_validator("kling_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            # The value itself is not echoed: a URL can carry a password.
+            raise ValueError(
+                "must be a full URL starting with https:// (or http:// for a local server), "
+                "e.g. https://api-singapore.klingai.com"
+            )
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.public_base_url and not self.webhook_secret:
@@ -125,19 +147,19 @@ class Settings(BaseSettings):
                 ("KLING_ACCESS_KEY", self.kling_access_key),
                 ("KLING_SECRET_KEY", self.kling_secret_key),
             ):
-                if value is None or not value.get_secret_value():
+                if not _is_set(value):
                     raise ConfigError(
                         f"{name} is not set: KLING_PROVIDER={flavour.name} needs KLING_ACCESS_KEY "
                         "and KLING_SECRET_KEY from Kling's developer console "
                         "(or set KLING_PROVIDER=simulator to try the bot without Kling)"
                     )
-            if self.kling_api_key is not None:
+            if _is_set(self.kling_api_key):
                 raise ConfigError(
                     "KLING_API_KEY is set but KLING_PROVIDER=official signs JWTs with "
                     "KLING_ACCESS_KEY/KLING_SECRET_KEY: unset KLING_API_KEY or set "
-                    "KLING_PROVIDER=gateway"
+                    "KLING_PROVIDER to gateway, gateway-native or cometapi"
                 )
-        elif self.kling_api_key is None or not self.kling_api_key.get_secret_value():
+        elif not _is_set(self.kling_api_key):
             raise ConfigError(
                 f"KLING_API_KEY is not set: KLING_PROVIDER={flavour.name} needs the API key "
                 "your gateway issued"
@@ -160,6 +182,11 @@ class Settings(BaseSettings):
                 "other databases are not supported yet"
             )
         return Path(self.database_url[len(prefix) :])
+
+
+def _is_set(secret: SecretStr | None) -> bool:
+    """Whether a secret holds a value: a blank one counts as not set."""
+    return secret is not None and bool(secret.get_secret_value())
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -7,11 +7,13 @@ over the wire (method, path, query, headers, JSON body) and what the client made
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import socket
 import time
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -383,6 +385,36 @@ async def test_gateway_image_create_wire_format(stub: KlingStub, make_client) ->
     assert result.task_id == "G1" and result.external_task_id == "kb-given"
 
 
+async def test_gateway_native_image_create_wire_format(stub: KlingStub, make_client) -> None:
+    # Seed 000's gateway: /kling prefix and Bearer key, but Kling's own body.
+    stub.on("POST", "/kling" + IMAGE_PATH, ok(task("N1", ext="kb-native")))
+    client = make_client("gateway-native")
+
+    result = await client.create_image_task(
+        image_request(scene_image=SCENE, style_image=STYLE, n=3, external_task_id="kb-native")
+    )
+
+    (sent,) = stub.requests
+    assert (sent.method, sent.path) == ("POST", "/kling/v1/images/multi-image2image")
+    assert sent.headers["Authorization"] == f"Bearer {API_KEY}"
+    assert sent.headers["Content-Type"] == "application/json"
+    assert sent.body == {
+        "model_name": "kling-v2",
+        "prompt": "Wearing a flowing red dress on the grassland, in Ghibli style.",
+        "subject_image_list": [{"subject_image": SUBJECT_1}, {"subject_image": SUBJECT_2}],
+        "scene_image": SCENE,
+        "style_image": STYLE,
+        "n": 3,
+        "aspect_ratio": "16:9",
+        "external_task_id": "kb-native",
+    }
+    assert result.task_id == "N1" and result.external_task_id == "kb-native"
+
+    stub.on("GET", "/kling" + VIDEO_PATH + "/V1", ok(task("V1", "processing")))
+    await client.get_task(TaskKind.VIDEO, "V1")
+    assert stub.requests[-1].path == "/kling/v1/videos/multi-image2video/V1"
+
+
 async def test_cometapi_create_path_and_two_subjects_minimum(stub: KlingStub, make_client) -> None:
     client = make_client("cometapi")
 
@@ -481,7 +513,7 @@ async def test_list_validation_and_unsupported_flavours(stub: KlingStub, make_cl
     for page, size in ((0, 30), (1001, 30), (1, 0), (1, 501)):
         with pytest.raises(ValueError):
             await client.list_tasks(TaskKind.IMAGE, page, size)
-    for name in ("gateway", "cometapi"):
+    for name in ("gateway", "gateway-native", "cometapi"):
         with pytest.raises(KlingConfigError, match=f"listing is not supported by {name}"):
             await make_client(name).list_tasks(TaskKind.VIDEO)
     assert stub.requests == []
@@ -494,6 +526,18 @@ async def test_string_code_and_odd_status_are_success(stub: KlingStub, make_clie
     assert (await client.get_task(TaskKind.IMAGE, "A")).task_id == "A"
     assert (await client.get_task(TaskKind.IMAGE, "B")).task_status is TaskStatus.PROCESSING
     assert len(stub.requests) == 2  # no retry: code 0 wins over HTTP 500
+
+
+async def test_null_message_is_accepted(stub: KlingStub, make_client) -> None:
+    stub.on("GET", IMAGE_PATH + "/A", Reply(200, {"code": 0, "message": None, "data": task("A")}))
+    stub.on("GET", IMAGE_PATH + "/B", Reply(400, {"code": 1201, "message": None, "data": None}))
+    client = make_client("official")
+
+    assert (await client.get_task(TaskKind.IMAGE, "A")).task_id == "A"
+    with pytest.raises(KlingInvalidRequest) as caught:
+        await client.get_task(TaskKind.IMAGE, "B")
+    assert caught.value.code == 1201 and caught.value.message == "code 1201"
+    assert len(stub.requests) == 2  # neither answer was taken for a malformed one and retried
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -741,6 +785,90 @@ async def test_from_settings(session, monkeypatch: pytest.MonkeyPatch) -> None:
 
     with pytest.raises(ConfigError, match="KLING_API_KEY"):
         KlingClient.from_settings(Settings(_env_file=None, kling_provider="cometapi"), session)
+
+
+def settings_from_env(monkeypatch: pytest.MonkeyPatch, base_url: str, **env: str) -> Settings:
+    """Settings read from the environment, as the bot reads them, for the official flavour."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("KLING_BASE_URL", base_url)
+    monkeypatch.setenv("KLING_ACCESS_KEY", ACCESS_KEY)
+    monkeypatch.setenv("KLING_SECRET_KEY", SECRET_KEY)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return Settings(_env_file=None)
+
+
+async def test_from_settings_uses_max_attempts(stub, session, monkeypatch) -> None:
+    stub.on("GET", IMAGE_PATH + "/T1", *[fail(5000, "internal error", 500)] * 5)
+    settings = settings_from_env(monkeypatch, stub.base_url, KLING_MAX_ATTEMPTS="2")
+    client = KlingClient.from_settings(settings, session, base_delay=0.001)
+    with pytest.raises(KlingServerError):
+        await client.get_task(TaskKind.IMAGE, "T1")
+    assert len(stub.requests) == 2  # the default would be 5
+
+
+async def test_from_settings_uses_request_timeout(stub, session, monkeypatch) -> None:
+    stub.on("GET", IMAGE_PATH + "/T1", Reply(200, ok(task("T1")).body, delay=3.0))
+    settings = settings_from_env(
+        monkeypatch, stub.base_url, KLING_REQUEST_TIMEOUT="0.2", KLING_MAX_ATTEMPTS="1"
+    )
+    started = time.monotonic()
+    with pytest.raises(KlingNetworkError, match=r"no answer within 0\.2s"):
+        await KlingClient.from_settings(settings, session).get_task(TaskKind.IMAGE, "T1")
+    assert time.monotonic() - started < 2.0
+
+
+@contextlib.contextmanager
+def unanswered_port() -> Iterator[int]:
+    """A loopback port whose accept queue is full, so that a new connection never completes."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+        yield port
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+async def test_from_settings_uses_connect_timeout(session, monkeypatch) -> None:
+    with unanswered_port() as port:
+        settings = settings_from_env(
+            monkeypatch,
+            f"http://127.0.0.1:{port}",
+            KLING_CONNECT_TIMEOUT="0.3",
+            KLING_REQUEST_TIMEOUT="30",
+            KLING_MAX_ATTEMPTS="1",
+        )
+        started = time.monotonic()
+        with pytest.raises(KlingNetworkError, match=r"could not connect within 0\.3s"):
+            await KlingClient.from_settings(settings, session).get_task(TaskKind.IMAGE, "T1")
+        assert time.monotonic() - started < 5.0  # the request timeout would be 30 s
+
+
+async def test_from_settings_uses_retry_budget(stub, session, monkeypatch) -> None:
+    import bot.kling.client as client_module
+
+    # Every backoff at its cap (0.05 s), so the 0.2 s budget allows about four attempts.
+    monkeypatch.setattr(client_module.random, "uniform", lambda lo, hi: hi)
+    stub.on("GET", IMAGE_PATH + "/T1", *[fail(5000, "internal error", 500)] * 20)
+    settings = settings_from_env(
+        monkeypatch, stub.base_url, KLING_RETRY_BUDGET="0.2", KLING_MAX_ATTEMPTS="20"
+    )
+    client = KlingClient.from_settings(settings, session, base_delay=0.05, max_delay=0.05)
+    with pytest.raises(KlingServerError):
+        await client.get_task(TaskKind.IMAGE, "T1")
+    assert 2 <= len(stub.requests) <= 5  # the default budget (120 s) would allow all 20
 
 
 # --- no double charge --------------------------------------------------------------------------

@@ -33,6 +33,11 @@ def test_official_defaults_to_singapore() -> None:
         ({"KLING_PROVIDER": "gateway", "KLING_BASE_URL": "https://gw.test"}, "KLING_API_KEY"),
         ({"KLING_PROVIDER": "gateway", "KLING_API_KEY": "key"}, "KLING_BASE_URL"),
         ({"KLING_ACCESS_KEY": "a", "KLING_SECRET_KEY": "s", "KLING_API_KEY": "k"}, "KLING_API_KEY"),
+        (
+            {"KLING_PROVIDER": "gateway-native", "KLING_BASE_URL": "https://gw.test"},
+            "KLING_API_KEY",
+        ),
+        ({"KLING_PROVIDER": "gateway-native", "KLING_API_KEY": "key"}, "KLING_BASE_URL"),
     ],
 )
 def test_missing_or_contradictory_credentials_name_the_variable(
@@ -56,6 +61,63 @@ def test_bad_value_is_one_line_naming_the_variable(monkeypatch: pytest.MonkeyPat
     with pytest.raises(ConfigError, match=r"^KLING_PROVIDER: ") as raised:
         load_settings()
     assert "\n" not in str(raised.value)
+    assert "'gateway-native'" in str(raised.value)  # the choices are listed
+
+
+def test_gateway_native_is_a_bearer_flavour(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KLING_PROVIDER", "gateway-native")
+    monkeypatch.setenv("KLING_API_KEY", "key")
+    monkeypatch.setenv("KLING_BASE_URL", "https://gw.test/")
+    settings = load_settings()
+    settings.require_kling_credentials()
+    assert (settings.flavour.name, settings.flavour.auth) == ("gateway-native", "bearer")
+    assert settings.kling_base() == "https://gw.test"
+
+
+# .env.example leaves values blank ("KLING_API_KEY="): blank means "not set", wherever it is.
+BLANKS = "KLING_API_KEY=\nKLING_IMAGE_CONCURRENCY=\nKLING_BASE_URL=\nKLING_MAX_ATTEMPTS=\n"
+
+
+@pytest.mark.parametrize("source", ["environment", ".env"])
+def test_blank_values_count_as_not_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, source: str
+) -> None:
+    if source == ".env":
+        (tmp_path / ".env").write_text(BLANKS)
+    else:
+        for line in BLANKS.splitlines():
+            monkeypatch.setenv(line.removesuffix("="), "")
+    settings = load_settings(kling_access_key="ak", kling_secret_key="sk")
+    settings.require_kling_credentials()  # no "KLING_API_KEY is set" for a blank one
+    assert settings.kling_api_key is None
+    assert settings.kling_image_concurrency is None
+    assert settings.kling_max_attempts == 5
+    assert settings.kling_base() == "https://api-singapore.klingai.com"
+
+
+def test_blank_api_key_given_directly_is_not_a_contradiction() -> None:
+    settings = load_settings(kling_access_key="ak", kling_secret_key="sk", kling_api_key="")
+    settings.require_kling_credentials()
+
+
+@pytest.mark.parametrize(
+    "url", ["api-singapore.klingai.com", "gw.example.com/kling", "ftp://gw.test", "https://"]
+)
+def test_kling_base_url_without_scheme_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("KLING_PROVIDER", "gateway")
+    monkeypatch.setenv("KLING_API_KEY", "key")
+    monkeypatch.setenv("KLING_BASE_URL", url)
+    with pytest.raises(ConfigError, match=r"^KLING_BASE_URL: .*https://") as raised:
+        load_settings()
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("url", ["https://gw.example.com", "http://127.0.0.1:8100/"])
+def test_kling_base_url_with_scheme_is_accepted(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("KLING_BASE_URL", url)
+    assert load_settings().kling_base() == url.rstrip("/")
 
 
 def test_public_url_without_webhook_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,6 +151,7 @@ def test_secrets_never_appear_in_repr_or_logs(caplog: pytest.LogCaptureFixture) 
         "discord_token": "discord-secret-123",
         "kling_access_key": "access-secret-456",
         "kling_secret_key": "signing-secret-789",
+        "kling_api_key": "gateway-key-321",
         "webhook_secret": "hook-secret-000",
     }
     settings = load_settings(**secrets)

@@ -278,6 +278,17 @@ def test_oversized_file_is_scaled_down_when_compression_is_not_enough() -> None:
     assert any(c.startswith("scaled down from 1200x900") for c in prepared.changes)
 
 
+def test_scaling_down_keeps_the_ratio_within_the_limit() -> None:
+    # 1500x600 is exactly 2.5:1; plain rounding made it 1144x457 (2.503:1), which Kling refuses.
+    data = encode(noise(1500, 600), "PNG", compress_level=1)
+    prepared = prepare_image(data, "subject1", max_bytes=307_000)
+    out = reopen(prepared)
+    assert 1 / 2.5 <= out.width / out.height <= 2.5
+    assert len(prepared.data) <= 307_000
+    assert min(out.size) >= 300 and out.width < 1500
+    assert any(c.startswith("scaled down from 1500x600") for c in prepared.changes)
+
+
 def test_impossible_size_limit_is_rejected() -> None:
     data = encode(noise(600, 600), "PNG")
     with pytest.raises(ImageRejected, match=r"^subject4: .*cannot fit under") as caught:
@@ -339,6 +350,62 @@ def test_missing_png_trailer_is_repaired_not_passed_through() -> None:
     assert prepared.data is not data
     assert "repaired the end of the file, which was missing" in prepared.changes
     reopen(prepared)
+
+
+def with_app_segment(jpeg: bytes, payload: bytes) -> bytes:
+    """``jpeg`` with an APP15 segment holding ``payload`` right after SOI (as an EXIF thumbnail
+    sits there, with its own SOI..EOI)."""
+    segment = b"\xff\xef" + struct.pack(">H", len(payload) + 2) + payload
+    return jpeg[:2] + segment + jpeg[2:]
+
+
+# Markers inside the trailer must not confuse the search for the image's own end.
+MOTION_VIDEO = b"\x00\x00\x00\x18ftypmp42" + b"\x00\x01mdat\xff\xd9" * 2000 + b"moov"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: encode(noise(640, 480), "JPEG"),
+        lambda: encode(noise(640, 480), "JPEG", progressive=True),  # many scans, markers between
+        lambda: with_app_segment(encode(noise(640, 480), "JPEG"), b"thumb\xff\xd8\x00\xff\xd9end"),
+    ],
+    ids=["baseline", "progressive", "thumbnail-like-segment"],
+)
+def test_jpeg_with_data_after_its_end_keeps_the_image_bytes(
+    monkeypatch: pytest.MonkeyPatch, make
+) -> None:
+    jpeg = make()
+    # A phone's motion photo: the video is appended after the JPEG's EOI marker.
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded"))
+    prepared = prepare_image(jpeg + MOTION_VIDEO, "subject1")
+    assert prepared.data == jpeg
+    assert prepared.changes == (
+        f"removed {len(MOTION_VIDEO)} bytes of extra data after the end of the image",
+    )
+    assert (prepared.format, prepared.width, prepared.height) == ("jpeg", 640, 480)
+
+
+def test_jpeg_trailer_is_removed_before_the_other_rules() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    jpeg = encode(Image.new("RGB", (400, 300), RED), "JPEG", exif=exif)
+    big_trailer = os.urandom(11 * 1024 * 1024)  # over 10 MB only because of the video
+    prepared = prepare_image(jpeg + big_trailer, "subject1")
+    out = reopen(prepared)
+    assert out.size == (300, 400)
+    assert len(prepared.data) < 1024 * 1024
+    assert prepared.changes[0] == (
+        f"removed {len(big_trailer)} bytes of extra data after the end of the image"
+    )
+    assert "rotated it upright as its EXIF orientation asks" in prepared.changes
+    assert not any("scaled down" in c or "repaired" in c for c in prepared.changes)
+
+
+def test_zero_padded_jpeg_still_passes_through() -> None:
+    data = encode(Image.new("RGB", (640, 480), RED), "JPEG") + bytes(512)
+    prepared = prepare_image(data, "subject1")
+    assert prepared.data is data and prepared.changes == ()
 
 
 def test_decompression_bomb_rejected_from_header() -> None:

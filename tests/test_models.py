@@ -36,6 +36,7 @@ B64 = "iVBORw0KGgoAAAANSUhEUgAAAAUA"
         ({"subject_images": [B64] * 5}, "subject_images"),
         ({"subject_images": ["data:image/png;base64," + B64]}, "subject_images"),
         ({"scene_image": "data:image/png;base64," + B64}, "scene_image"),
+        ({"style_image": "data:image/png;base64," + B64}, "style_image"),
         ({"n": 0}, "n"),
         ({"n": 10}, "n"),
         ({"aspect_ratio": " 2:3"}, "aspect_ratio"),
@@ -67,11 +68,17 @@ def test_image_request_limits_accepted() -> None:
     ("fields", "bad_field"),
     [
         ({"prompt": ""}, "prompt"),
+        ({"prompt": " \n\t "}, "prompt"),
+        ({"prompt": "x" * 2501}, "prompt"),
+        ({"negative_prompt": "x" * 2501}, "negative_prompt"),
+        ({"model_name": "kling-v2"}, "model_name"),
         ({"duration": 5}, "duration"),
         ({"duration": "7"}, "duration"),
         ({"mode": "ultra"}, "mode"),
         ({"aspect_ratio": "4:3"}, "aspect_ratio"),
+        ({"images": []}, "images"),
         ({"images": [B64] * 5}, "images"),
+        ({"images": ["data:image/jpeg;base64," + B64]}, "images"),
     ],
 )
 def test_video_request_rejects(fields: dict, bad_field: str) -> None:
@@ -84,6 +91,14 @@ def test_video_prompt_is_required() -> None:
     with pytest.raises(ValidationError, match="prompt"):
         VideoTaskRequest(images=[B64])
     assert VideoTaskRequest(images=[B64], prompt="p").slots == 1
+
+
+def test_video_limits_accepted() -> None:
+    request = VideoTaskRequest(
+        images=[B64] * 4, prompt="x" * 2500, negative_prompt="y" * 2500, mode="pro", duration="10"
+    )
+    assert (len(request.images), len(request.prompt)) == (4, 2500)
+    assert VideoTaskRequest(images=[B64], prompt="  a dog  ").prompt == "a dog"
 
 
 def test_seed_002_create_and_query_responses_parse() -> None:
@@ -161,6 +176,32 @@ def test_lenient_parsing_of_relays() -> None:
     assert task.final_unit_deduction == "0"
 
 
+@pytest.mark.parametrize("result", [{"images": None, "videos": None}, {"images": None}])
+def test_nulls_from_relays_mean_absent(result: dict) -> None:
+    envelope = Envelope.model_validate({"code": 0, "message": None, "request_id": None})
+    assert (envelope.message, envelope.request_id, envelope.data) == ("", None, None)
+    task = KlingTask.model_validate(
+        {
+            "task_id": "t",
+            "task_status": "succeed",
+            "task_status_msg": None,
+            "task_info": {"external_task_id": None},
+            "watermark_info": {"enabled": None},
+            "task_result": result,
+        }
+    )
+    assert task.task_result is not None
+    assert (task.task_result.images, task.task_result.videos) == ([], [])
+    assert task.watermark_info is not None and task.watermark_info.enabled is False
+    assert task.result_urls() == []
+    assert (
+        KlingTask.model_validate(
+            {"task_id": "t", "task_status": "processing", "watermark_info": ""}
+        ).watermark_info
+        is None
+    )
+
+
 def test_official_bodies() -> None:
     flavour = FLAVOURS["official"]
     image = ImageTaskRequest(
@@ -213,6 +254,20 @@ def test_gateway_and_cometapi_differences() -> None:
     ]
     assert comet.min_subjects == 2
     assert comet.query_path(TaskKind.VIDEO) == "/kling/v1/videos/multi-image2video"
+
+
+def test_gateway_native_sends_the_official_body_under_kling() -> None:
+    request = ImageTaskRequest(subject_images=["a", "b"], scene_image="s")
+    native, official = FLAVOURS["gateway-native"], FLAVOURS["official"]
+    assert (native.auth, native.default_base_url, native.supports_list) == ("bearer", None, False)
+    assert native.create_path(TaskKind.IMAGE) == "/kling/v1/images/multi-image2image"
+    assert native.query_path(TaskKind.VIDEO) == "/kling/v1/videos/multi-image2video"
+    assert native.image_body(request) == official.image_body(request)
+    assert native.image_body(request)["subject_image_list"] == [
+        {"subject_image": "a"},
+        {"subject_image": "b"},
+    ]
+    assert native.image_body(request)["scene_image"] == "s"
 
 
 @pytest.mark.parametrize(

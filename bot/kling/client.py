@@ -274,6 +274,12 @@ class KlingClient:
             ) as response:
                 status = response.status
                 raw = await response.read()
+        except aiohttp.ServerTimeoutError as exc:
+            # Only the connect timeout is set among aiohttp's own, so the connection never opened.
+            self._called(label, None)
+            raise KlingNetworkError(
+                f"{label}: could not connect within {self._timeout.sock_connect}s"
+            ) from exc
         except TimeoutError as exc:
             self._called(label, None)
             raise KlingNetworkError(f"{label}: no answer within {self._timeout.total}s") from exc

@@ -11,6 +11,7 @@ import asyncio
 import io
 import logging
 import math
+import re
 import struct
 from base64 import b64encode
 from collections.abc import Sequence
@@ -29,6 +30,11 @@ _PNG_IEND = b"IEND"
 _NAMES = {"WEBP": "WebP", "MPO": "JPEG"}  # MPO is a phone JPEG with extra frames appended
 _NOT_IMAGES = {b"%PDF": "a PDF", b"PK\x03\x04": "a ZIP archive", b"\x1aE\xdf\xa3": "a video"}
 _BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+# Inside a JPEG scan, 0xFF is followed by 0x00 (stuffing), RST0..7 or 0xFF (fill); anything else
+# is the marker that ends the scan.
+_JPEG_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_JPEG_EOI, _JPEG_SOS = 0xD9, 0xDA
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RST0..7: no length field
 
 
 class _Rules(NamedTuple):
@@ -88,10 +94,11 @@ def prepare_image(
         with Image.open(io.BytesIO(data)) as im:  # reads the header only
             if im.width * im.height > max_pixels:
                 raise _too_big(label, f"{im.width}x{im.height} pixels, ", max_pixels)
+            data, changes = _without_jpeg_trailer(im, data)
             if _complies(im, data, rules):
                 fmt: Literal["jpeg", "png"] = "png" if im.format == "PNG" else "jpeg"
-                return PreparedImage(label, data, fmt, im.width, im.height, ())
-            return _convert(im, data, label, fit, rules)
+                return PreparedImage(label, data, fmt, im.width, im.height, changes)
+            return _convert(im, data, label, fit, rules, list(changes))
     except ImageRejected:
         raise
     except UnidentifiedImageError:
@@ -164,6 +171,47 @@ def _intact(im: Image.Image, data: bytes) -> bool:
     return True  # other formats are always decoded, which finds any damage
 
 
+def _jpeg_end(data: bytes) -> int | None:
+    """Offset just past the EOI marker that ends the JPEG's main image, or None if the
+    segments run out first (the file is cut short) or make no sense."""
+    pos = 2  # after SOI
+    while pos + 2 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+        elif marker == _JPEG_EOI:
+            return pos + 2
+        elif marker in _JPEG_STANDALONE:
+            pos += 2
+        else:
+            # A segment with a length; EXIF thumbnails (their own SOI..EOI) are skipped whole.
+            if pos + 4 > len(data):
+                return None
+            (length,) = struct.unpack_from(">H", data, pos + 2)
+            pos += 2 + length
+            if marker == _JPEG_SOS:
+                scan_end = _JPEG_SCAN_END.search(data, pos)
+                if scan_end is None:
+                    return None
+                pos = scan_end.start()
+    return None
+
+
+def _without_jpeg_trailer(im: Image.Image, data: bytes) -> tuple[bytes, tuple[str, ...]]:
+    """A complete JPEG with bytes after its end (a phone's motion-photo video, say) keeps its
+    image bytes exactly and loses the rest, which Kling has no use for and which would count
+    against the size limit."""
+    if im.format not in ("JPEG", "MPO") or _intact(im, data):
+        return data, ()
+    end = _jpeg_end(data)
+    if end is None:  # really cut short: decoding decides whether it can be repaired
+        return data, ()
+    extra = len(data) - end
+    return data[:end], (f"removed {extra} bytes of extra data after the end of the image",)
+
+
 def _complies(im: Image.Image, data: bytes, rules: _Rules) -> bool:
     """Whether the bytes can go to Kling as they are, judged from headers and metadata."""
     w, h = im.size
@@ -189,10 +237,14 @@ def _complies(im: Image.Image, data: bytes, rules: _Rules) -> bool:
 
 
 def _convert(
-    im: Image.Image, data: bytes, label: str, fit: ImageFit, rules: _Rules
+    im: Image.Image,
+    data: bytes,
+    label: str,
+    fit: ImageFit,
+    rules: _Rules,
+    changes: list[str],
 ) -> PreparedImage:
     source = _NAMES.get(im.format or "", im.format or "image")
-    changes: list[str] = []
     if im.format != "MPO" and getattr(im, "n_frames", 1) > 1:
         changes.append(f"used the first of {im.n_frames} frames of the animated {source}")
     sixteen_bit = (
@@ -217,9 +269,7 @@ def _convert(
     im = _fit_ratio(im, fit, rules, changes)
     w, h = im.size
     if min(w, h) < (short := rules.min_side):
-        # Cap the long side so rounding cannot push a ratio just inside the limit over it.
-        long = min(round(max(w, h) * short / min(w, h)), math.floor(short * rules.ratio))
-        im = im.resize((short, long) if w <= h else (long, short), Image.Resampling.LANCZOS)
+        im = im.resize(_scaled_size(w, h, short / min(w, h), rules), Image.Resampling.LANCZOS)
         changes.append(
             f"scaled up from {w}x{h} to {im.width}x{im.height} "
             f"(Kling needs at least {short} px a side)"
@@ -231,6 +281,15 @@ def _convert(
     if not changes:  # e.g. a palette PNG with transparency
         changes.append(f"re-saved it as a standard 8-bit {target}")
     return PreparedImage(label, out, fmt, im.width, im.height, tuple(changes))
+
+
+def _scaled_size(w: int, h: int, scale: float, rules: _Rules) -> tuple[int, int]:
+    """``(w, h)`` times ``scale``, rounded, with the long side capped so that rounding cannot
+    push a ratio just inside the limit over it (1500x600 must not become 1143x457)."""
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    if nw >= nh:
+        return min(nw, math.floor(nh * rules.ratio)), nh
+    return nw, min(nh, math.floor(nw * rules.ratio))
 
 
 def _rgb(im: Image.Image) -> Image.Image:
@@ -315,7 +374,7 @@ def _encode(
             )
         # File size tracks pixel count, so aim straight for the limit, with a 10% margin.
         scale = max(math.sqrt(max_bytes / len(out)) * 0.9, min_side / min(w, h))
-        im = im.resize((round(w * scale), round(h * scale)), Image.Resampling.LANCZOS)
+        im = im.resize(_scaled_size(w, h, scale, rules), Image.Resampling.LANCZOS)
         out = _save(im, "JPEG", quality=_JPEG_QUALITIES[-1])
     changes.append(
         f"scaled down from {start[0]}x{start[1]} to {im.width}x{im.height} to fit under {limit}"

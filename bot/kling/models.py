@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_PROMPT_CHARS = 2500
 MAX_INPUT_IMAGES = 4
@@ -100,6 +100,12 @@ class VideoTaskRequest(_Request):
 
     _check_images = field_validator("images")(_no_data_uri)
 
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _strip_prompt(cls, value: Any) -> Any:
+        # Stripped before the length check, so that a prompt of only spaces counts as missing.
+        return value.strip() if isinstance(value, str) else value
+
     @property
     def slots(self) -> int:
         return 1
@@ -113,6 +119,15 @@ TaskRequest = ImageTaskRequest | VideoTaskRequest
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, value: Any) -> Any:
+        # Relays send null where they have nothing ("message": null, "images": null): treat it
+        # as the field left out, so its default ("", [], False, None) applies.
+        if isinstance(value, dict):
+            return {key: item for key, item in value.items() if item is not None}
+        return value
 
 
 class ImageResult(_Lenient):
@@ -159,11 +174,11 @@ class KlingTask(_Lenient):
     def _status_case(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("task_info", "task_result", mode="before")
+    @field_validator("task_info", "task_result", "watermark_info", mode="before")
     @classmethod
-    def _null_objects(cls, value: Any, info: Any) -> Any:
-        # Some relays send null or "" for objects that have nothing in them yet.
-        if value in (None, ""):
+    def _empty_objects(cls, value: Any, info: Any) -> Any:
+        # Some relays send "" for objects that have nothing in them yet (null is dropped above).
+        if value == "":
             return TaskInfo() if info.field_name == "task_info" else None
         return value
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from bot.kling.errors import KlingInvalidRequest
 from bot.kling.models import ImageTaskRequest, TaskKind, VideoTaskRequest
 
-ProviderName = Literal["official", "gateway", "cometapi", "simulator"]
+ProviderName = Literal["official", "gateway", "gateway-native", "cometapi", "simulator"]
 AuthScheme = Literal["jwt", "bearer"]
 
 IMAGE_PATH = "/v1/images/multi-image2image"
@@ -99,9 +99,9 @@ FLAVOURS: dict[ProviderName, Flavour] = {
         default_base_url="https://api-singapore.klingai.com",
         auth="jwt",
     ),
-    # Resellers that re-expose Kling under /kling with a Bearer key (seeds 000, 001). Their docs
-    # spell the scene field "scence_image" and show subjects as plain strings; listing is not
-    # documented, so the poller queries tasks one by one.
+    # Resellers that re-expose Kling under /kling with a Bearer key, as seed 001 documents them:
+    # "scence_image" and subjects as plain strings. Listing is not documented, so the poller
+    # queries tasks one by one.
     "gateway": Flavour(
         name="gateway",
         default_base_url=None,
@@ -109,6 +109,15 @@ FLAVOURS: dict[ProviderName, Flavour] = {
         path_prefix="/kling",
         scene_field="scence_image",
         subjects_as_strings=True,
+        supports_list=False,
+    ),
+    # Seed 000's gateway: the same /kling prefix and Bearer key, but a "Kling native" body,
+    # subjects as {"subject_image": ...} objects and "scene_image", as the official API has it.
+    "gateway-native": Flavour(
+        name="gateway-native",
+        default_base_url=None,
+        auth="bearer",
+        path_prefix="/kling",
         supports_list=False,
     ),
     # CometAPI (seed 003): its own create path, 2..4 subjects, "scence_image".
