@@ -157,6 +157,7 @@ class FakeClient:
         self.creates: list[TaskRequest] = []
         self.gets: list[str] = []
         self.lookup: Any = KlingError("task does not exist", code=1203, http_status=404)
+        self.lookups: list[Any] = []  # answered first, in order; then ``lookup`` every time
 
     async def create_task(self, request: TaskRequest, *, retry_busy: bool = True) -> KlingTask:
         assert retry_busy is False  # admission handles 1303 itself
@@ -168,9 +169,10 @@ class FakeClient:
 
     async def get_task(self, kind: TaskKind, task_id: str) -> KlingTask:
         self.gets.append(task_id)
-        if isinstance(self.lookup, Exception):
-            raise self.lookup
-        return self.lookup
+        answer = self.lookups.pop(0) if self.lookups else self.lookup
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
 
 def kling_task(task_id: str = "k1") -> KlingTask:
@@ -266,11 +268,50 @@ async def test_busy_then_network_errors_requeue_then_fail_with_the_reason(
         assert "could not reach Kling" in harness.failed[0][1]
         assert len(client.creates) == 1 + MAX_CREATE_FAILURES
         # After the first ambiguous failure every retry looked the task up by its external id
-        # before creating again (never a blind second create).
-        assert client.gets == [record.external_task_id] * (MAX_CREATE_FAILURES - 1)
+        # before creating again (never a blind second create), and the last failure had one
+        # final lookup before the task was given up.
+        assert client.gets == [record.external_task_id] * MAX_CREATE_FAILURES
         assert all(r.external_task_id == record.external_task_id for r in client.creates)
         row = await store.get(record.id)
         assert row is not None and row.submit_attempts == 1 + MAX_CREATE_FAILURES
+    finally:
+        loop.cancel()
+        await harness.admission.close()
+
+
+async def drive_until_outcome(harness: Harness, record: TaskRecord) -> None:
+    """Jump the hand clock over each backoff until the task is submitted or failed."""
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        row = await harness.store.get(record.id)
+        assert row is not None
+        if row.not_before and row.not_before > harness.now:
+            harness.now = row.not_before
+            harness.admission._wake.set()
+        if harness.failed or harness.submitted:
+            return
+    raise AssertionError("admission reached no outcome")
+
+
+async def test_a_final_lookup_after_the_last_failed_create_finds_the_task(
+    store: SqliteTaskStore,
+) -> None:
+    """Every create answer was lost; the last one had reached Kling: the task is followed (its
+    slot held), not failed, and never created a fifth time."""
+    client = FakeClient([KlingNetworkError("no answer")] * MAX_CREATE_FAILURES)
+    not_found = KlingError("task does not exist", code=1203, http_status=404)
+    client.lookups = [not_found] * (MAX_CREATE_FAILURES - 1)
+    client.lookup = kling_task("made-it")
+    harness = Harness(store, client, limit=2)
+    record = await harness.add_task()
+    loop = await run_admission(harness)
+    try:
+        await drive_until_outcome(harness, record)
+        assert harness.failed == []
+        assert harness.submitted == [(record.id, "made-it")]
+        assert len(client.creates) == MAX_CREATE_FAILURES
+        assert client.gets == [record.external_task_id] * MAX_CREATE_FAILURES
+        assert harness.admission.queues[TaskKind.IMAGE].held == {record.id: 1}
     finally:
         loop.cancel()
         await harness.admission.close()
@@ -290,6 +331,7 @@ async def test_policy_error_fails_at_once_with_both_messages(store: SqliteTaskSt
             )
         ]
         assert len(client.creates) == 1
+        assert client.gets == []  # a refusal created nothing: no lookup before failing
         assert harness.admission.queues[TaskKind.IMAGE].slots_used == 0
     finally:
         loop.cancel()

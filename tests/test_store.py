@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,13 @@ from bot.tasks.models import (
     TaskState,
     UsageRow,
 )
-from bot.tasks.store import MAX_PARAM_CHARS, SqliteTaskStore, TaskStore, open_store
+from bot.tasks.store import (
+    MAX_PARAM_CHARS,
+    DuplicateTaskError,
+    SqliteTaskStore,
+    TaskStore,
+    open_store,
+)
 
 S = TaskState
 
@@ -117,6 +124,32 @@ async def test_record_helpers(store: SqliteTaskStore, clock: Clock) -> None:
 async def test_store_satisfies_protocol(store: SqliteTaskStore) -> None:
     assert isinstance(store, TaskStore)
     assert await store.ping()
+
+
+def _protocol_methods() -> list[str]:
+    return sorted(
+        name
+        for name, member in vars(TaskStore).items()
+        if inspect.iscoroutinefunction(member) and not name.startswith("_")
+    )
+
+
+@pytest.mark.parametrize("name", _protocol_methods())
+def test_the_protocol_matches_the_sqlite_store(name: str) -> None:
+    """A second backend is written against the Protocol: it must say what callers use."""
+    declared = inspect.signature(getattr(TaskStore, name))
+    implemented = inspect.signature(getattr(SqliteTaskStore, name))
+    assert str(declared) == str(implemented)
+
+
+def test_every_public_store_method_is_in_the_protocol() -> None:
+    sqlite_only = {"schema_version"}  # migrations are the backend's own business
+    public = {
+        name
+        for name, member in vars(SqliteTaskStore).items()
+        if inspect.iscoroutinefunction(member) and not name.startswith("_")
+    }
+    assert public - sqlite_only == set(_protocol_methods())
 
 
 async def test_create_get_find_round_trip_every_field(store: SqliteTaskStore, clock: Clock) -> None:
@@ -355,12 +388,32 @@ async def test_update_sets_updated_at(store: SqliteTaskStore, clock: Clock) -> N
     await store.update(9_999, check_count=1)  # a missing row is not an error
 
 
+async def test_update_if_state_changes_only_a_task_still_in_those_states(
+    store: SqliteTaskStore, clock: Clock
+) -> None:
+    running, ended = await make(store), await make(store)
+    await store.transition(running.id, {S.QUEUED}, S.PROCESSING)
+    await store.transition(ended.id, {S.QUEUED}, S.SUCCEED)
+    clock.now += 5
+    assert await store.update_if_state(running.id, ACTIVE_STATES, cancel_requested=True)
+    assert not await store.update_if_state(ended.id, ACTIVE_STATES, cancel_requested=True)
+    assert not await store.update_if_state(9_999, ACTIVE_STATES, cancel_requested=True)
+    assert not await store.update_if_state(running.id, [], cancel_requested=True)
+    got_running, got_ended = await store.get(running.id), await store.get(ended.id)
+    assert got_running is not None and got_running.cancel_requested
+    assert got_running.updated_at == clock.now
+    assert got_ended is not None and not got_ended.cancel_requested
+    assert got_ended.state is S.SUCCEED and got_ended.updated_at < clock.now
+    with pytest.raises(ValueError, match="transition"):
+        await store.update_if_state(running.id, ACTIVE_STATES, state="failed")
+
+
 # --- uniqueness and lookups --------------------------------------------------------------------
 
 
 async def test_external_id_is_unique(store: SqliteTaskStore) -> None:
     await make(store, external_task_id="dup")
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(DuplicateTaskError):  # store-neutral: no sqlite3 error leaks out
         await make(store, external_task_id="dup")
     assert await store.count_tasks() == 1
     await make(store, external_task_id="other")  # the store still works afterwards
@@ -375,7 +428,7 @@ async def test_by_callback_token(store: SqliteTaskStore) -> None:
     found = await store.by_callback_token("secret-a")
     assert found is not None and found.id == a.id
     assert await store.by_callback_token("secret-c") is None
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(DuplicateTaskError):
         await make(store, callback_token="secret-a")
 
 
@@ -517,6 +570,42 @@ async def test_finished_before(store: SqliteTaskStore, clock: Clock) -> None:
     assert await store.finished_before(100.0) == []  # strictly before
 
 
+async def test_files_due_for_removal_selects_each_old_task_once(
+    store: SqliteTaskStore, clock: Clock
+) -> None:
+    old, recent, running = [await make(store) for _ in range(3)]
+    clock.now = 100.0
+    await store.transition(old.id, {S.QUEUED}, S.CANCELLED)
+    await store.transition(running.id, {S.QUEUED}, S.PROCESSING)
+    clock.now = 300.0
+    await store.transition(recent.id, {S.QUEUED}, S.CANCELLED)
+    assert await store.files_due_for_removal(200.0) == [old.id]
+    await store.mark_files_removed([old.id])
+    assert await store.files_due_for_removal(200.0) == []  # the next hourly run reads nothing
+    assert await store.files_due_for_removal(301.0) == [recent.id]
+    got = await store.get(old.id)
+    assert got is not None and got.updated_at == 100.0  # housekeeping, not a task change
+    plan = await store.db.execute_fetchall(
+        "EXPLAIN QUERY PLAN SELECT id FROM tasks WHERE files_removed_at IS NULL "
+        "AND +state IN ('cancelled') AND COALESCE(delivered_at, finished_at, updated_at) < 1 "
+        "ORDER BY created_at, id"
+    )
+    assert any("ix_tasks_files_kept" in row[-1] for row in plan)  # not every final task
+
+
+async def test_mark_files_removed_takes_more_ids_than_one_statement_binds(
+    store: SqliteTaskStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "_ID_CHUNK", 2)
+    tasks = [await make(store) for _ in range(5)]
+    for task in tasks:
+        await store.transition(task.id, {S.QUEUED}, S.CANCELLED)
+    clock.now += 10
+    assert len(await store.files_due_for_removal(clock.now)) == 5
+    await store.mark_files_removed([t.id for t in tasks])
+    assert await store.files_due_for_removal(clock.now) == []
+
+
 # --- guild config ------------------------------------------------------------------------------
 
 
@@ -573,12 +662,13 @@ async def test_expected_indexes(store: SqliteTaskStore) -> None:
 
 
 async def test_migrations_applied_once(db_path: Path) -> None:
+    latest = len(store_module.MIGRATIONS)
     async with SqliteTaskStore(db_path) as first:
-        assert await first.schema_version() == len(store_module.MIGRATIONS) == 1
+        assert await first.schema_version() == latest
         await make(first)
     # Re-opening must not re-run migration 1 (CREATE TABLE would fail) or lose rows.
     async with SqliteTaskStore(db_path) as second:
-        assert await second.schema_version() == 1
+        assert await second.schema_version() == latest
         assert await second.count_tasks() == 1
 
 
@@ -588,25 +678,44 @@ async def test_migration_upgrades_existing_database(
     async with SqliteTaskStore(db_path) as v1:
         task = await make(v1)
     v2 = "ALTER TABLE tasks ADD COLUMN note TEXT DEFAULT 'v2'; CREATE TABLE extra (x INTEGER);"
+    latest = len(store_module.MIGRATIONS) + 1
     monkeypatch.setattr(store_module, "MIGRATIONS", [*store_module.MIGRATIONS, v2])
     async with SqliteTaskStore(db_path) as upgraded:
-        assert await upgraded.schema_version() == 2
+        assert await upgraded.schema_version() == latest
         rows = list(await upgraded.db.execute_fetchall("SELECT id, note FROM tasks"))
         assert rows == [(task.id, "v2")]  # existing data kept, new column added
         assert await upgraded.get(task.id) == task
     async with SqliteTaskStore(db_path) as again:  # v2 applied once only
-        assert await again.schema_version() == 2
+        assert await again.schema_version() == latest
+
+
+async def test_a_version_1_database_gains_the_files_removed_mark(
+    db_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    released = store_module.MIGRATIONS
+    monkeypatch.setattr(store_module, "MIGRATIONS", released[:1])
+    async with SqliteTaskStore(db_path, clock=clock) as v1:
+        task = await make(v1)
+        await v1.transition(task.id, {S.QUEUED}, S.CANCELLED)
+    monkeypatch.setattr(store_module, "MIGRATIONS", released)
+    clock.now += 10
+    async with SqliteTaskStore(db_path, clock=clock) as upgraded:
+        assert await upgraded.schema_version() == 2
+        assert await upgraded.files_due_for_removal(clock.now) == [task.id]  # once, after all
+        await upgraded.mark_files_removed([task.id])
+        assert await upgraded.files_due_for_removal(clock.now) == []
 
 
 async def test_failed_migration_rolls_back(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with SqliteTaskStore(db_path) as v1:
         await make(v1)
     broken = "CREATE TABLE half (x INTEGER); INSERT INTO no_such_table VALUES (1);"
+    released = len(store_module.MIGRATIONS)
     monkeypatch.setattr(store_module, "MIGRATIONS", [*store_module.MIGRATIONS, broken])
     with pytest.raises(sqlite3.OperationalError):
         await SqliteTaskStore(db_path).open()
     with sqlite3.connect(db_path) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == released
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert "half" not in tables  # the whole migration was rolled back
 

@@ -647,6 +647,9 @@ async def test_resubmit_and_retention_cleanup(simulator: KlingSimulator) -> None
         h.tracker._clock = lambda: time.time() + 2 * 86400
         assert await h.tracker.cleanup_files() == 4  # inputs and results of both tasks
         assert not h.tracker.result_paths(done)[0].exists()
+        # Each old task is handled once: the next hourly run selects nothing at all.
+        assert await h.store.files_due_for_removal(time.time() + 2 * 86400) == []
+        assert await h.tracker.cleanup_files() == 0
         with pytest.raises(FileNotFoundError, match="deleted after 1 days"):
             await h.tracker.resubmit(record.id, origin(2))
 

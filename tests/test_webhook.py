@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -79,6 +81,39 @@ async def test_callback_token_is_an_hmac_of_the_external_id() -> None:
     token = callback_token(SECRET, "ext-1")
     assert len(token) == 32 and token == callback_token(SECRET, "ext-1")
     assert token != callback_token(SECRET, "ext-2") != callback_token("other", "ext-1")
+    digest = hmac.new(SECRET.encode(), b"ext-1", hashlib.sha256).hexdigest()
+    assert token == digest[:32]  # HMAC-SHA256 keyed with WEBHOOK_SECRET, hex, truncated
+
+
+async def test_a_submitted_task_carries_the_hmac_token_in_its_callback_url(
+    simulator: KlingSimulator,
+) -> None:
+    h = await Harness(callback_settings(simulator)).open()
+    try:
+        record = await h.submit()
+        running = await h.wait_for_state(
+            record.id, {TaskState.SUBMITTED, TaskState.PROCESSING, TaskState.DELIVERED}
+        )
+        mac = hmac.new(SECRET.encode(), running.external_task_id.encode(), hashlib.sha256)
+        assert running.callback_token == mac.hexdigest()[:32]
+        sent = simulator.tasks[running.kling_task_id or ""].callback_url
+        assert sent == f"{h.settings.public_base_url}/kling/callback/{running.callback_token}"
+    finally:
+        await h.close()
+
+
+async def test_a_callback_while_the_store_is_down_answers_503(listener: Harness) -> None:
+    h = listener
+    record = await running_task(h)
+    await h.store.close()  # the database went away under the listener
+    try:
+        status, text = await post(h, f"/kling/callback/{record.callback_token}", body(record))
+        assert status == 503  # "try again", never a 500
+        assert json.loads(text) == {"error": "temporarily unavailable"}
+        assert h.tracker.metrics.callbacks[("error", "")] == 1
+    finally:
+        await h.store.open()  # for the fixture's clean close
+    assert (await post(h, f"/kling/callback/{record.callback_token}", body(record)))[0] == 200
 
 
 async def test_a_progress_callback_moves_the_task_forward_once(listener: Harness) -> None:
@@ -186,3 +221,24 @@ async def test_metrics_count_calls_callbacks_and_states(simulator: KlingSimulato
     assert "kling_bot_delivery_seconds_count 1" in lines
     assert "# TYPE kling_bot_delivery_seconds summary" in lines
     assert not [line for line in lines if line.startswith("kling_bot_polls_total{")]
+
+
+async def test_metrics_count_the_poller_s_requests(simulator: KlingSimulator) -> None:
+    simulator.config.faults.callback_drop_rate = 1.0  # only polls can settle it
+    settings = callback_settings(simulator, poll_first_delay=0.05, poll_interval_with_callbacks=0.2)
+    h = await Harness(settings).open()
+    try:
+        record = await h.submit()
+        await h.wait_for_state(record.id, {TaskState.DELIVERED})
+        async with h.session.get(url(h, "/metrics")) as response:
+            text = await response.text()
+    finally:
+        await h.close()
+    polls = {
+        line.rsplit(" ", 1)[0]: int(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("kling_bot_polls_total{")
+    }
+    listed = polls.get('kling_bot_polls_total{kind="image",method="list"}', 0)
+    assert listed >= 1 and listed == simulator.calls["list_image"]
+    assert "# TYPE kling_bot_polls_total counter" in text.splitlines()

@@ -103,6 +103,13 @@ class KindQueue:
         else:
             entries.append(entry)
 
+    def find(self, task_id: int) -> Entry | None:
+        for entries in self.users.values():
+            for entry in entries:
+                if entry.task_id == task_id:
+                    return entry
+        return None
+
     def remove(self, task_id: int) -> Entry | None:
         for user_id, entries in self.users.items():
             for entry in entries:
@@ -279,6 +286,22 @@ class Admission:
     def remove(self, kind: TaskKind, task_id: int) -> bool:
         return self.queues[kind].remove(task_id) is not None
 
+    def may_be_at_kling(self, record: TaskRecord) -> bool:
+        """A queued task whose create is under way, or whose earlier create may have reached
+        Kling (its answer lost): only a lookup can tell whether Kling runs it."""
+        if record.id in self.in_flight:
+            return True
+        entry = self.queues[record.kind].find(record.id)
+        return entry.maybe_created if entry is not None else record.submit_attempts > 0
+
+    def expedite(self, kind: TaskKind, task_id: int) -> None:
+        """End a waiting task's backoff (a cancel only needs a lookup, which costs no slot at
+        Kling)."""
+        entry = self.queues[kind].find(task_id)
+        if entry is not None:
+            entry.not_before = 0.0
+            self._wake.set()
+
     def record_run_time(self, kind: TaskKind, seconds: float) -> None:
         self.queues[kind].run_times.append(seconds)
 
@@ -382,15 +405,32 @@ class Admission:
             await self._requeue(queue, entry, busy=True)
             return
         except KlingError as exc:
+            # A refusal means Kling made nothing. Any other failure leaves it open, even a 1302:
+            # the client's own retries may have sent the create before (answer lost).
+            entry.maybe_created = exc.retryable
             if exc.retryable and entry.failures + 1 < MAX_CREATE_FAILURES:
                 log.warning("task %s: create failed (%s); retrying later", record.id, exc)
                 await self._requeue(queue, entry, busy=False)
                 return
-            log.warning("task %s: create failed for good: %s", record.id, exc)
-            queue.release(entry.task_id)
-            await self._create_failed(record, failure_reason(exc))
+            await self._give_up(queue, entry, record, exc)
             return
         await self._submitted(record, task)
+
+    async def _give_up(
+        self, queue: KindQueue, entry: Entry, record: TaskRecord, exc: KlingError
+    ) -> None:
+        """The last create failed. If it may have reached Kling, one final lookup first: a
+        task Kling runs is paid for and must be followed, not reported as failed."""
+        if entry.maybe_created:
+            found = await self._look_up(queue, entry, record)  # unknown answers raise
+            if found is not None:
+                log.info("task %s: the last create failed (%s) but Kling runs it as %s",
+                         record.id, exc, found.task_id)  # fmt: skip
+                await self._submitted(record, found)
+                return
+        log.warning("task %s: create failed for good: %s", record.id, exc)
+        queue.release(entry.task_id)
+        await self._create_failed(record, failure_reason(exc))
 
     async def _look_up(
         self, queue: KindQueue, entry: Entry, record: TaskRecord

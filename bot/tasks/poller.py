@@ -2,7 +2,9 @@
 
 It keeps an in-memory schedule (a heap by ``next_check_at``) of the pending tasks, so a tick
 touches only the tasks that are due, never the whole table; ``next_check_at`` is also written
-to the store, only so that a restart resumes the same schedule.
+to the store with the check count (which keeps the backoff across restarts). A restart does
+not wait for the stored time: it checks every running task at once, since callbacks sent while
+the bot was down are lost, and one list call covers 500 tasks.
 
 One cycle asks about every due task of a kind at once: where the flavour can list tasks, ONE
 list call (newest first) settles all due tasks found in it, and only the rest are fetched one by
@@ -37,7 +39,8 @@ MIN_TICK = 0.02
 
 # Returns True while the task is still pending at Kling (keep checking it).
 Settle = Callable[[TaskRecord, KlingTask], Awaitable[bool]]
-Expire = Callable[[TaskRecord], Awaitable[None]]
+# Returns False when it did not expire the task (a completion of it runs): keep checking it.
+Expire = Callable[[TaskRecord], Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +240,8 @@ class Poller:
                     unknown = exc.code in NOT_FOUND_CODES or exc.http_status == 404
                     if unknown and self._too_old(record):
                         log.warning("task %s: unknown to Kling (%s)", record.id, exc)
-                        await self._expire(record)
+                        if not await self._expire(record):
+                            await self._reschedule(record)
                         return
                     log.warning("task %s: status query failed (%s); next cycle", record.id, exc)
                     await self._reschedule(record)
@@ -252,9 +256,9 @@ class Poller:
             if not task.is_terminal and self._too_old(record):
                 # Kling answered just now and the task is still not done: only now does its
                 # age count. A terminal answer always completes it normally.
-                await self._expire(record)
-                return
-            still_pending = await self._settle(record, task)
+                still_pending = not await self._expire(record)
+            else:
+                still_pending = await self._settle(record, task)
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -2,8 +2,12 @@
 
 Kling deletes results after 30 days and signs its URLs, so files are fetched as soon as a task
 succeeds. Each download is streamed to a temporary file, capped in size and time, and renamed
-into place only when complete. 5xx answers and network errors are retried with backoff; a 403
-or 404 means the file is gone, which no retry fixes.
+into place only when complete. 5xx answers, network errors and stalls are retried with backoff;
+a 403 or 404 means the file is gone, which no retry fixes.
+
+Time is capped per step, not per transfer: ``timeout`` bounds connecting and each wait for the
+next bytes (a stalled server), so a 200 MB video on a slow but moving link still arrives. Only a
+generous overall cap (``MAX_TRANSFER_SECONDS``) stops a trickle that never ends.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ _GONE = frozenset({401, 403, 404, 410})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
+# One file's whole transfer, however steadily it moves: 200 MB at about 1 Mbit/s.
+MAX_TRANSFER_SECONDS = 1800.0
 
 
 class DownloadError(Exception):
@@ -76,7 +82,7 @@ class ResultDownloader:
     ) -> None:
         self._session = session
         self._max_bytes = max_bytes
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = transfer_timeout(timeout)
         self._allow_loopback = allow_loopback
         self._attempts = attempts
         self._base_delay = base_delay
@@ -168,6 +174,7 @@ class ResultDownloader:
                 f"Kling's file server answered HTTP {response.status} for a result."
             )
         if (response.content_length or 0) > self._max_bytes:
+            # Refused on the header alone: leaving the block closes the connection unread.
             raise _TooBig(self._too_big_message())
         extension = extension_for(url, response.headers.get("Content-Type"))
         final = directory / f"{index}.{extension}"
@@ -199,6 +206,16 @@ class ResultDownloader:
         )
 
 
+def transfer_timeout(stall_seconds: float) -> aiohttp.ClientTimeout:
+    """Connecting, and every wait for more bytes, may take ``stall_seconds``; the whole
+    transfer up to MAX_TRANSFER_SECONDS (never less than one stall)."""
+    return aiohttp.ClientTimeout(
+        total=max(MAX_TRANSFER_SECONDS, stall_seconds),
+        connect=stall_seconds,
+        sock_read=stall_seconds,
+    )
+
+
 def loopback_allowed(settings: Settings) -> bool:
     """Plain http to loopback only when Kling itself is local: the simulator (any flavour
     pointed at a loopback base URL). Real Kling serves results over https."""
@@ -214,7 +231,7 @@ async def download_results(
     out_dir: Path,
     *,
     max_bytes: int,
-    timeout: float,  # noqa: ASYNC109 - a per-request HTTP timeout, the name the CLI uses
+    timeout: float,  # noqa: ASYNC109 - the per-step stall timeout, the name the CLI uses
     allow_loopback: bool = False,
 ) -> list[Path]:
     """One-shot download (the CLI): ``out_dir/<index>.<ext>`` for each URL."""

@@ -94,7 +94,16 @@ MIGRATIONS: list[str] = [
         updated_at REAL    NOT NULL
     );
     """,
+    # 2: when retention removed a task's files, so the hourly cleanup stops re-reading old rows.
+    # Store-only (not on TaskRecord): nothing but the cleanup reads it.
+    """
+    ALTER TABLE tasks ADD COLUMN files_removed_at REAL;
+    -- Holds only the tasks whose files are still kept: the cleanup's scan stays small.
+    CREATE INDEX ix_tasks_files_kept ON tasks (created_at, id) WHERE files_removed_at IS NULL;
+    """,
 ]
+# Ids per statement when many are written at once (SQLite caps bound parameters).
+_ID_CHUNK = 500
 
 # The record's fields, in table column order; the single source of truth for SELECTs.
 COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TaskRecord))
@@ -120,6 +129,10 @@ _SUCCEEDED_SQL = (
     "(IFNULL(kling_status, '') = 'succeed' "
     "OR (state IN ('succeed', 'delivered') AND result_files != '[]'))"
 )
+
+
+class DuplicateTaskError(Exception):
+    """A task with this external_task_id or callback_token exists already (any backend)."""
 
 
 @runtime_checkable
@@ -157,6 +170,10 @@ class TaskStore(Protocol):
 
     async def update(self, task_id: int, **fields: Any) -> None: ...
 
+    async def update_if_state(
+        self, task_id: int, states: Collection[TaskState], **fields: Any
+    ) -> bool: ...
+
     async def in_states(
         self, states: Collection[TaskState], *, kind: TaskKind | None = None
     ) -> list[TaskRecord]: ...
@@ -169,6 +186,7 @@ class TaskStore(Protocol):
         states: Collection[TaskState] | None = None,
         limit: int = 20,
         offset: int = 0,
+        since: float | None = None,
     ) -> list[TaskRecord]: ...
 
     async def count_tasks(
@@ -186,6 +204,8 @@ class TaskStore(Protocol):
 
     async def counts_by_state(self) -> dict[TaskState, int]: ...
     async def finished_before(self, ts: float) -> list[TaskRecord]: ...
+    async def files_due_for_removal(self, ts: float) -> list[int]: ...
+    async def mark_files_removed(self, task_ids: Collection[int]) -> None: ...
     async def get_guild_config(self, guild_id: int) -> dict[str, Any]: ...
     async def set_guild_config(self, guild_id: int, config: dict[str, Any]) -> None: ...
 
@@ -478,7 +498,7 @@ class SqliteTaskStore(TaskStore):
         callback_token: str | None,
     ) -> TaskRecord:
         """Insert a queued task. A duplicate external_task_id or callback_token raises
-        ``sqlite3.IntegrityError``; a param string longer than MAX_PARAM_CHARS ``ValueError``."""
+        ``DuplicateTaskError``; a param string longer than MAX_PARAM_CHARS ``ValueError``."""
         now = self._clock()
         values: dict[str, Any] = {
             "kind": _encode("kind", kind),
@@ -500,12 +520,18 @@ class SqliteTaskStore(TaskStore):
         }
         names = ", ".join(values)
         # RETURNING: the new id in the same round trip to the connection's thread.
-        rows = list(
-            await self.db.execute_fetchall(
-                f"INSERT INTO tasks ({names}) VALUES ({_placeholders(len(values))}) RETURNING id",
-                tuple(values.values()),
+        try:
+            rows = list(
+                await self.db.execute_fetchall(
+                    f"INSERT INTO tasks ({names}) VALUES ({_placeholders(len(values))}) "
+                    "RETURNING id",
+                    tuple(values.values()),
+                )
             )
-        )
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" not in str(exc):
+                raise  # a NOT NULL or CHECK failure: a bug here, not a duplicate
+            raise DuplicateTaskError(str(exc)) from exc
         task_id = int(rows[0][0])
         # Build the record from what was stored (decoded JSON), so it equals what get() returns.
         return TaskRecord(
@@ -613,6 +639,24 @@ class SqliteTaskStore(TaskStore):
         )
         if changed == 0:
             log.debug("update of task %s matched no row", task_id)
+
+    async def update_if_state(
+        self, task_id: int, states: Collection[TaskState], **fields: Any
+    ) -> bool:
+        """Set non-state fields only while the task is in one of ``states``, in one conditional
+        statement; True if it was (so a task that ended meanwhile is left alone)."""
+        sources = _state_values(states)
+        values = _encode_fields(fields)
+        if not sources:
+            return False
+        values.setdefault("updated_at", self._clock())
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        changed = await self._write(
+            f"UPDATE tasks SET {assignments} "
+            f"WHERE id = ? AND state IN ({_placeholders(len(sources))})",
+            [*values.values(), task_id, *sources],
+        )
+        return changed == 1
 
     async def in_states(
         self, states: Collection[TaskState], *, kind: TaskKind | None = None
@@ -740,6 +784,30 @@ class SqliteTaskStore(TaskStore):
             "AND COALESCE(delivered_at, finished_at, updated_at) < ? ORDER BY created_at, id",
             [*values, ts],
         )
+
+    async def files_due_for_removal(self, ts: float) -> list[int]:
+        """Ids of the ``finished_before(ts)`` tasks whose files retention has not removed yet
+        (``mark_files_removed``), oldest first: each old task is selected once, not hourly."""
+        values = _state_values(FINAL_STATES)
+        # "+state": keeps the planner off ix_tasks_state (every final task ever) and on the
+        # partial index of the tasks whose files are still kept.
+        rows = await self.db.execute_fetchall(
+            "SELECT id FROM tasks WHERE files_removed_at IS NULL "
+            f"AND +state IN ({_placeholders(len(values))}) "
+            "AND COALESCE(delivered_at, finished_at, updated_at) < ? ORDER BY created_at, id",
+            [*values, ts],
+        )
+        return [int(row[0]) for row in rows]
+
+    async def mark_files_removed(self, task_ids: Collection[int]) -> None:
+        ids = list(task_ids)
+        now = self._clock()
+        for start in range(0, len(ids), _ID_CHUNK):
+            chunk = ids[start : start + _ID_CHUNK]
+            await self._write(
+                f"UPDATE tasks SET files_removed_at = ? WHERE id IN ({_placeholders(len(chunk))})",
+                [now, *chunk],
+            )
 
     # --- guild settings
 

@@ -43,6 +43,7 @@ from bot.tasks.admission import Admission, QueuePosition, QueueStats, SlotsExcee
 from bot.tasks.files import TaskFiles
 from bot.tasks.metrics import Metrics
 from bot.tasks.models import (
+    ACTIVE_STATES,
     AWAITING_DELIVERY,
     EventType,
     Origin,
@@ -138,7 +139,8 @@ class Tracker:
         for record in await self.store.in_states(RUNNING):
             if record.kling_status not in _KLING_ENDED:  # ended there, results still to fetch
                 self.admission.hold(record)
-            # It may have ended while we were down (and its callback gone unanswered).
+            # It may have ended while we were down, its callback gone unanswered: check at
+            # once, not at the stored schedule (one list call covers up to 500 such tasks).
             self.poller.schedule(record.id, record.kind, now)
         # Before the queued ones: a queued task failed below announces itself, only once.
         for record in await self.store.in_states(AWAITING_DELIVERY):
@@ -469,17 +471,32 @@ class Tracker:
                     record.id, exc, at - self._clock())  # fmt: skip
         await self.store.update(record.id, next_check_at=at, check_count=record.check_count + 1)
 
-    async def _expire(self, record: TaskRecord) -> None:
+    async def _expire(self, record: TaskRecord) -> bool:
+        """Fail (or, after a cancel, end) a task Kling has not finished in time. False when a
+        completion of it runs here (a callback's download, say): that one decides, and the
+        poller keeps checking the task in case it does not end it."""
+        if not self._claim(record.id):
+            return False
+        try:
+            await self._expire_claimed(record.id, record.kind)
+        finally:
+            self._completing.discard(record.id)
+        return True
+
+    async def _expire_claimed(self, task_id: int, kind: TaskKind) -> None:
         reason = f"Kling did not finish within {_duration_words(self.settings.task_max_age)}."
-        self.poller.unschedule(record.id)
-        self.admission.release(record.kind, record.id)
-        to = TaskState.CANCELLED if record.cancel_requested else TaskState.FAILED
-        if await self.store.transition(record.id, RUNNING, to, failure_reason=reason):
-            log.warning("task %s: %s", record.id, reason)
+        fresh = await self.store.get(task_id)  # the poll's copy may predate a cancel
+        if fresh is None or fresh.state not in RUNNING:
+            return
+        self.poller.unschedule(task_id)
+        self.admission.release(kind, task_id)
+        to = TaskState.CANCELLED if fresh.cancel_requested else TaskState.FAILED
+        if await self.store.transition(task_id, RUNNING, to, failure_reason=reason):
+            log.warning("task %s: %s", task_id, reason)
             if to is TaskState.FAILED:
-                await self._emit_outcome(record.id)
+                await self._emit_outcome(task_id)
             else:
-                await self._emit_fresh(record.id, EventType.STATE)
+                await self._emit_fresh(task_id, EventType.STATE)
 
     def _note_run_time(self, record: TaskRecord) -> None:
         if record.submitted_at is not None:
@@ -545,22 +562,35 @@ class Tracker:
     # --- members and moderators --------------------------------------------------------------
 
     async def cancel(self, task_id: int) -> TaskRecord | None:
-        """A queued task ends at once; one at Kling ends ``cancelled`` when Kling finishes it
-        (its slots stay held until then) and is not posted."""
+        """A queued task that never reached Kling ends at once. One that runs at Kling, or
+        whose create may have reached it, is marked ``cancel_requested``: it ends
+        ``cancelled`` when Kling finishes it (its slots stay held until then), unposted."""
         record = await self.store.get(task_id)
         if record is None:
             return None
-        if record.state is TaskState.QUEUED and task_id not in self.admission.in_flight:
+        if record.state is TaskState.QUEUED and not self.admission.may_be_at_kling(record):
             await self._cancel_queued(record)
         elif record.is_active and not record.cancel_requested:
-            await self.store.update(task_id, cancel_requested=True)
-            log.info("task %s: cancel requested while it runs at Kling", task_id)
-            await self._emit_fresh(task_id, EventType.STATE)
+            await self._request_cancel(record)
         return await self.store.get(task_id)
 
+    async def _request_cancel(self, record: TaskRecord) -> None:
+        # Conditional: a task that ended since it was read is not marked cancelled.
+        if not await self.store.update_if_state(record.id, ACTIVE_STATES, cancel_requested=True):
+            return
+        if record.state is TaskState.QUEUED:
+            # Its create may have reached Kling: admission looks it up by external id (and
+            # follows it, or cancels it) now, not after the create's backoff.
+            log.info("task %s: cancel requested; looking it up at Kling", record.id)
+            self.admission.expedite(record.kind, record.id)
+        else:
+            log.info("task %s: cancel requested while it runs at Kling", record.id)
+        await self._emit_fresh(record.id, EventType.STATE)
+
     async def _cancel_queued(self, record: TaskRecord) -> None:
+        # Out of the queue first: admission must not pick it up while the store is written.
+        self.admission.remove(record.kind, record.id)
         if await self.store.transition(record.id, [TaskState.QUEUED], TaskState.CANCELLED):
-            self.admission.remove(record.kind, record.id)
             log.info("task %s: cancelled before it was submitted", record.id)
             await self._emit_fresh(record.id, EventType.STATE)
 
@@ -602,10 +632,14 @@ class Tracker:
     # --- files -------------------------------------------------------------------------------
 
     async def cleanup_files(self) -> int:
-        """Delete inputs and results of final tasks older than the retention period."""
+        """Delete inputs and results of final tasks older than the retention period; returns
+        how many directories went. Each task is handled once: it is marked afterwards."""
         cutoff = self._clock() - self.settings.retention_days * 86400
-        old = await self.store.finished_before(cutoff)
-        removed = await self.files.cleanup([record.id for record in old])
+        old = await self.store.files_due_for_removal(cutoff)
+        if not old:
+            return 0
+        removed = await self.files.cleanup(old)
+        await self.store.mark_files_removed(old)
         if removed:
             log.info("retention: removed the files of %d old tasks", removed)
         return removed
