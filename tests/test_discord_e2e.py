@@ -439,6 +439,30 @@ async def test_animate_turns_images_into_a_video(world: World) -> None:
     assert kinds == ["image", "video"]
 
 
+async def test_animate_modal_opened_before_a_restart_works_after_it(world: World) -> None:
+    await world.start_bot()
+    interaction = await run_image(world)
+    await world.fake.wait_for_callback(interaction)
+    message = await world.wait_result()
+    click = await world.fake.click_button(message_id=message.id, custom_id="kling:animate:1")
+    await world.fake.wait_for_callback(click)
+    assert click.modal is not None
+    await world.stop_bot()  # the member is still typing the prompt
+    await world.start_bot()
+    submit = await world.fake.submit_modal(
+        custom_id="kling:animate-modal:1",
+        values={"prompt": "the cube flies away", "mode": "pro", "duration": ""},
+        message_id=message.id,
+    )
+    await world.fake.wait_for_callback(submit)
+    assert submit.callback_type == 5  # deferred: answered, not "interaction failed"
+    await world.wait_result(lambda m: "Task #2" in m.embeds[0]["footer"]["text"])
+    video = next(t for t in world.sim.tasks.values() if str(t.kind) == "video")
+    assert video.request["prompt"] == "the cube flies away"
+    assert (video.request["mode"], video.request["duration"]) == ("pro", "5")  # empty: default
+    assert len(world.sim.tasks) == 2  # one answer to the submission, not two
+
+
 async def test_animate_after_the_results_were_cleaned_up_says_so(world: World) -> None:
     await world.start_bot()
     interaction = await run_image(world)

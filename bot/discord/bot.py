@@ -21,7 +21,7 @@ from bot.discord import checks
 from bot.discord.delivery import Delivery
 from bot.discord.errors import KlingCommandTree
 from bot.discord.status import StatusMessages
-from bot.discord.views import DYNAMIC_ITEMS
+from bot.discord.views import DYNAMIC_ITEMS, on_animate_modal_submit
 from bot.kling.errors import KlingInvalidRequest
 from bot.kling.images import ImageRejected, prepare_images
 from bot.kling.models import TaskKind
@@ -89,6 +89,7 @@ class KlingBot(commands.Bot):
         if self._tracker is None:  # `kling-bot sync`: commands only, nothing runs
             return
         self.add_dynamic_items(*DYNAMIC_ITEMS)
+        self.add_listener(on_animate_modal_submit, "on_interaction")
         tracker = self._tracker
         # Subscribe before start: start re-announces tasks that finished while we were down.
         tracker.subscribe(self.status_messages.on_event)

@@ -3,6 +3,10 @@
 The buttons are ``DynamicItem``s: the task id lives in the ``custom_id``
 (``kling:again:12``), so a button on a week-old message still works after any number of
 restarts without keeping views in memory. They are registered in ``KlingBot.setup_hook``.
+
+The Animate modal's submissions are handled the same way: ``on_animate_modal_submit`` (an
+``on_interaction`` listener) reads the task id from the modal's ``custom_id`` and the fields
+from the interaction, so a modal a member opened before a restart still works after it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_ANIMATE_IMAGES = 4
+ANIMATE_MODAL_ID = re.compile(r"kling:animate-modal:(?P<id>[0-9]+)")
 
 
 async def _load_task(interaction: discord.Interaction[KlingBot], task_id: int) -> TaskRecord:
@@ -224,9 +229,8 @@ class AnimateModal(discord.ui.Modal):
             timeout=900,
             custom_id=f"kling:animate-modal:{task.id}",
         )
-        self.task_id = task.id
-        # The fields' start values, and what an emptied field means.
-        self.preset = (defaults or GenerationDefaults()).video_options(
+        # The fields' start values (an emptied field means the guild's default again).
+        preset = (defaults or GenerationDefaults()).video_options(
             mode=None, duration=None, aspect_ratio=None
         )
         self.prompt: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
@@ -240,14 +244,14 @@ class AnimateModal(discord.ui.Modal):
         self.mode: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
             label="Mode: std or pro",
             custom_id="mode",
-            default=self.preset["mode"],
+            default=preset["mode"],
             required=False,
             max_length=3,
         )
         self.duration: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
             label="Duration in seconds: 5 or 10",
             custom_id="duration",
-            default=self.preset["duration"],
+            default=preset["duration"],
             required=False,
             max_length=2,
         )
@@ -255,41 +259,74 @@ class AnimateModal(discord.ui.Modal):
         self.add_item(self.mode)
         self.add_item(self.duration)
 
-    async def on_submit(self, interaction: discord.Interaction[KlingBot]) -> None:  # type: ignore[override]
-        try:
-            await self._submit(interaction)
-        except Exception as exc:
-            await _report(interaction, exc, f"Animate of task {self.task_id}")
+    # No on_submit: ``on_animate_modal_submit`` answers every submission, this process's
+    # modals and those opened before a restart alike (discord.py forgets those).
 
-    async def _submit(self, interaction: discord.Interaction[KlingBot]) -> None:
-        mode = (self.mode.value or self.preset["mode"]).strip().lower()
-        duration = (self.duration.value or self.preset["duration"]).strip().rstrip("s").strip()
-        if mode not in ("std", "pro"):
-            raise Refused(f"Mode must be std or pro, not “{mode}”.")
-        if duration not in ("5", "10"):
-            raise Refused(f"Duration must be 5 or 10 seconds, not “{duration}”.")
-        bot = interaction.client
-        task = await _load_task(interaction, self.task_id)
-        await _require_generation_rights(interaction, task)
-        await interaction.response.defer(thinking=True)
-        paths = bot.tracker.result_paths(task)[:MAX_ANIMATE_IMAGES]
-        try:
-            if not paths:
-                raise FileNotFoundError
-            datas = await asyncio.gather(*(asyncio.to_thread(p.read_bytes) for p in paths))
-        except FileNotFoundError:
-            days = f"{bot.settings.retention_days:g}"
-            raise Refused(
-                f"The result images of {task.short_ref} were deleted after {days} days: "
-                "press Again to make new ones first."
-            ) from None
-        items = [(f"image{i + 1}", data) for i, data in enumerate(datas)]
-        # The image's shape matters more than a default shape.
-        aspect_ratio = nearest_video_ratio(task.params.get("aspect_ratio"))
-        params: dict[str, Any] = {
-            "prompt": self.prompt.value.strip(),
-            **GenerationDefaults().video_options(
-                mode=mode, duration=duration, aspect_ratio=aspect_ratio
-            ),
-        }
-        await bot.submit_request(interaction, TaskKind.VIDEO, params, items)
+
+def _modal_values(components: list[dict[str, Any]]) -> dict[str, str]:
+    """The text inputs of a modal submission, by custom_id, in action rows or labels."""
+    values: dict[str, str] = {}
+    for component in components:
+        if "custom_id" in component and "value" in component:
+            values[component["custom_id"]] = str(component["value"])
+        nested = component.get("components") or []
+        if "component" in component:
+            nested = [*nested, component["component"]]
+        values.update(_modal_values(nested))
+    return values
+
+
+async def on_animate_modal_submit(interaction: discord.Interaction[KlingBot]) -> None:
+    """The Animate modal's submission: a video task from the image task's results."""
+    if interaction.type is not discord.InteractionType.modal_submit:
+        return
+    data: dict[str, Any] = interaction.data or {}  # type: ignore[assignment]
+    match = ANIMATE_MODAL_ID.fullmatch(str(data.get("custom_id", "")))
+    if match is None:
+        return
+    task_id = int(match["id"])
+    try:
+        await _submit_animation(interaction, task_id, _modal_values(data.get("components") or []))
+    except Exception as exc:
+        await _report(interaction, exc, f"Animate of task {task_id}")
+
+
+async def _submit_animation(
+    interaction: discord.Interaction[KlingBot], task_id: int, fields: dict[str, str]
+) -> None:
+    bot = interaction.client
+    task = await _load_task(interaction, task_id)
+    await _require_generation_rights(interaction, task)
+    defaults = (await guild_config(bot, interaction.guild_id)).defaults
+    preset = defaults.video_options(mode=None, duration=None, aspect_ratio=None)
+    mode = (fields.get("mode") or preset["mode"]).strip().lower()
+    duration = (fields.get("duration") or preset["duration"]).strip().rstrip("s").strip()
+    prompt = (fields.get("prompt") or "").strip()
+    if mode not in ("std", "pro"):
+        raise Refused(f"Mode must be std or pro, not “{mode}”.")
+    if duration not in ("5", "10"):
+        raise Refused(f"Duration must be 5 or 10 seconds, not “{duration}”.")
+    if not prompt:
+        raise Refused("A video needs a prompt: say what should happen in it.")
+    await interaction.response.defer(thinking=True)
+    paths = bot.tracker.result_paths(task)[:MAX_ANIMATE_IMAGES]
+    try:
+        if not paths:
+            raise FileNotFoundError
+        datas = await asyncio.gather(*(asyncio.to_thread(p.read_bytes) for p in paths))
+    except FileNotFoundError:
+        days = f"{bot.settings.retention_days:g}"
+        raise Refused(
+            f"The result images of {task.short_ref} were deleted after {days} days: "
+            "press Again to make new ones first."
+        ) from None
+    items = [(f"image{i + 1}", data) for i, data in enumerate(datas)]
+    # The image's shape matters more than a default shape.
+    aspect_ratio = nearest_video_ratio(task.params.get("aspect_ratio"))
+    params: dict[str, Any] = {
+        "prompt": prompt,
+        **GenerationDefaults().video_options(
+            mode=mode, duration=duration, aspect_ratio=aspect_ratio
+        ),
+    }
+    await bot.submit_request(interaction, TaskKind.VIDEO, params, items)
