@@ -986,6 +986,22 @@ async def test_member_limit_refuses_a_second_running_task_and_again(
     assert len(await world.tracker.store.list_tasks()) == 2
 
 
+async def test_commands_sent_together_cannot_both_pass_the_member_limit(world: World) -> None:
+    world.settings = world.settings.model_copy(update={"member_max_active": 1})
+    world.sim.config.processing_seconds = 30.0
+    await world.start_bot()
+    burst = await asyncio.gather(*(run_image(world) for _ in range(4)))
+    answers = [await world.fake.wait_for_callback(i) for i in burst]
+    assert len(answers) == 4
+    await until(lambda: len(world.sim.tasks) >= 1)
+    await asyncio.sleep(0.5)
+    assert len(world.sim.tasks) == 1
+    assert len(await world.tracker.store.list_tasks()) == 1
+    replies = [m for i in burst for m in world.fake.followups(i)]
+    refused = [m for m in replies if m.ephemeral and "1 task(s) running (limit 1)" in m.content]
+    assert len(refused) == 3  # whichever of the four came first got the one place
+
+
 async def test_animate_refused_to_strangers_and_again_allowed_to_moderators(world: World) -> None:
     await world.start_bot()
     interaction = await run_image(world)

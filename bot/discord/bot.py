@@ -6,7 +6,9 @@ what lives inside Discord's lifecycle (``setup_hook``) and stops it again in ``c
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +25,7 @@ from bot.discord.errors import KlingCommandTree
 from bot.discord.status import StatusMessages
 from bot.discord.views import DYNAMIC_ITEMS, on_animate_modal_submit
 from bot.kling.errors import KlingInvalidRequest
-from bot.kling.images import ImageRejected, prepare_images
+from bot.kling.images import ImageRejected, PreparedImage, prepare_images
 from bot.kling.models import TaskKind
 from bot.tasks.models import Origin, TaskRecord
 
@@ -76,6 +78,10 @@ class KlingBot(commands.Bot):
         self.status_messages = StatusMessages(self)
         self._webhook_runner: web.AppRunner | None = None
         self.webhook_port: int | None = None
+        # Weak: a member's lock lives only while one of their commands holds or awaits it.
+        self._member_locks: weakref.WeakValueDictionary[tuple[int | None, int], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     @property
     def tracker(self) -> Tracker:
@@ -158,18 +164,12 @@ class KlingBot(commands.Bot):
             prepared = await prepare_images(items, fit=self.settings.image_fit)
         except ImageRejected as exc:
             raise checks.Refused(str(exc)) from None
-        await self.check_request(interaction, params)
         clean = {key: value for key, value in params.items() if value not in (None, "")}
-        try:
-            task = await self.tracker.submit(kind, clean, prepared, self.origin_of(interaction))
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            where = ".".join(str(part) for part in error["loc"])
-            raise checks.Refused(
-                f"Kling would refuse this request: {where}: {error['msg']}."
-            ) from None
-        except KlingInvalidRequest as exc:
-            raise checks.Refused(f"Kling refused this request: {exc}") from None
+        # One member's commands are checked and stored one at a time, so two sent together
+        # cannot both pass a limit that only one of them fits in.
+        async with self._member_lock(interaction.guild_id, interaction.user.id):
+            await self.check_request(interaction, params)
+            task = await self._submit_checked(kind, clean, prepared, self.origin_of(interaction))
         changes = tuple(f"{p.label}: {change}" for p in prepared for change in p.changes)
         interaction.extras["status_shown"] = True
         await self.status_messages.follow(task, interaction, changes)
@@ -181,3 +181,27 @@ class KlingBot(commands.Bot):
             interaction.channel_id,
         )
         return task
+
+    def _member_lock(self, guild_id: int | None, user_id: int) -> asyncio.Lock:
+        lock = self._member_locks.get((guild_id, user_id))
+        if lock is None:
+            lock = self._member_locks[(guild_id, user_id)] = asyncio.Lock()
+        return lock
+
+    async def _submit_checked(
+        self,
+        kind: TaskKind,
+        params: dict[str, Any],
+        prepared: Sequence[PreparedImage],
+        origin: Origin,
+    ) -> TaskRecord:
+        try:
+            return await self.tracker.submit(kind, params, prepared, origin)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"])
+            raise checks.Refused(
+                f"Kling would refuse this request: {where}: {error['msg']}."
+            ) from None
+        except KlingInvalidRequest as exc:
+            raise checks.Refused(f"Kling refused this request: {exc}") from None
