@@ -167,7 +167,7 @@ class KlingBot(commands.Bot):
         clean = {key: value for key, value in params.items() if value not in (None, "")}
         # One member's commands are checked and stored one at a time, so two sent together
         # cannot both pass a limit that only one of them fits in.
-        async with self._member_lock(interaction.guild_id, interaction.user.id):
+        async with self.member_lock(interaction.guild_id, interaction.user.id):
             await self.check_request(interaction, params)
             task = await self._submit_checked(kind, clean, prepared, self.origin_of(interaction))
         changes = tuple(f"{p.label}: {change}" for p in prepared for change in p.changes)
@@ -182,7 +182,8 @@ class KlingBot(commands.Bot):
         )
         return task
 
-    def _member_lock(self, guild_id: int | None, user_id: int) -> asyncio.Lock:
+    def member_lock(self, guild_id: int | None, user_id: int) -> asyncio.Lock:
+        """Held while one of the member's requests is checked against the limits and stored."""
         lock = self._member_locks.get((guild_id, user_id))
         if lock is None:
             lock = self._member_locks[(guild_id, user_id)] = asyncio.Lock()

@@ -105,12 +105,13 @@ class AgainButton(
             task = await _load_task(interaction, self.task_id)
             await _require_generation_rights(interaction, task)
             await interaction.response.defer(thinking=True)
-            await bot.check_request(interaction, task.params)
             origin = bot.origin_of(interaction)
-            try:
-                new = await bot.tracker.resubmit(task.id, origin)
-            except (LookupError, FileNotFoundError, KlingInvalidRequest) as exc:
-                raise Refused(f"Cannot run {task.short_ref} again: {exc}.") from None
+            async with bot.member_lock(origin.guild_id, origin.user_id):
+                await bot.check_request(interaction, task.params)
+                try:
+                    new = await bot.tracker.resubmit(task.id, origin)
+                except (LookupError, FileNotFoundError, KlingInvalidRequest) as exc:
+                    raise Refused(f"Cannot run {task.short_ref} again: {exc}.") from None
             interaction.extras["status_shown"] = True
             await bot.status_messages.follow(new, interaction)
         except Exception as exc:
