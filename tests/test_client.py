@@ -618,6 +618,17 @@ async def test_server_errors_and_malformed_bodies_are_retried(stub, make_client,
         assert caught.value.code is None
 
 
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_gateway_refusing_the_key_in_its_own_format_is_not_retried(
+    stub, make_client, status
+) -> None:
+    refusal = Reply(status, "<html><body>Invalid API key</body></html>")
+    stub.on("GET", IMAGE_PATH + "/T1", refusal, refusal)
+    with pytest.raises(KlingConfigError, match=f"HTTP {status} without Kling's envelope"):
+        await make_client("official", max_attempts=2).get_task(TaskKind.IMAGE, "T1")
+    assert len(stub.requests) == 1
+
+
 async def test_connection_closed_and_timeout_are_network_errors(stub, make_client) -> None:
     # aiohttp itself resends an idempotent GET once on a dropped keep-alive connection, so
     # count the client's own attempts through on_call.

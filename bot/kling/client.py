@@ -290,6 +290,13 @@ class KlingClient:
             envelope = Envelope.model_validate(jsonlib.loads(raw))
         except (ValueError, ValidationError) as exc:  # JSONDecodeError is a ValueError
             self._called(label, None)
+            if status in (401, 403):
+                # A gateway's own refusal of the key, in its own format: no retry fixes it.
+                raise KlingConfigError(
+                    f"{label}: HTTP {status} without Kling's envelope: the API key or the "
+                    "KLING_BASE_URL is not accepted",
+                    http_status=status,
+                ) from exc
             raise KlingServerError(
                 f"malformed response to {label} (HTTP {status}, {len(raw)} bytes)",
                 http_status=status,
