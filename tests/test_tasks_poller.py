@@ -1,6 +1,6 @@
 """The poller against the simulator: the single-GET path (flavours that cannot list, and tasks
 a list page misses), its concurrency bound, expiry (and its respect for a running completion),
-the back-off schedule, and resuming the stored schedule after a restart."""
+the back-off schedule, and checking every running task at once after a restart."""
 
 from __future__ import annotations
 

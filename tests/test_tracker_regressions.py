@@ -175,6 +175,25 @@ async def test_a_queued_task_too_big_for_a_lowered_limit_fails_at_start(
         await second.close()
 
 
+async def test_a_kill_between_the_row_and_its_images_fails_it_saying_no_credit_was_used(
+    simulator: KlingSimulator,
+) -> None:
+    settings = settings_for(simulator)
+    first = await Harness(settings).open(start=False)
+    record = await first.tracker.submit(TaskKind.IMAGE, {"prompt": "x"}, [subject()], origin(1))
+    await first.store.set_inputs(record.id, [])  # as if killed before the images were saved
+    await first.close()
+
+    second = await Harness(settings).open()
+    try:
+        failed = await second.wait_for_state(record.id, {TaskState.DELIVERED})
+        assert "no credits were used" in (failed.failure_reason or "")
+        assert second.outcomes(EventType.FAILED) == [record.id]
+        assert simulator.calls["create_image"] == 0
+    finally:
+        await second.close()
+
+
 # --- 4: the poller never loses a task -------------------------------------------------------
 
 

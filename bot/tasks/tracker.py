@@ -70,6 +70,11 @@ _STATUS_RANK = {"submitted": 0, "processing": 1, "succeed": 2, "failed": 2}
 
 Subscriber = Callable[[TaskEvent], Awaitable[None]]
 
+INTERRUPTED_BEFORE_SUBMIT = (
+    "The bot restarted while it was storing this request, before anything reached Kling: "
+    "no credits were used. Please run the command again."
+)
+
 
 class Tracker:
     def __init__(
@@ -159,6 +164,10 @@ class Tracker:
         if record.cancel_requested:
             if record.submit_attempts == 0 or not await self._resume_maybe_created(record):
                 await self._cancel_queued(record)
+            return
+        if not record.input_files and record.submit_attempts == 0:
+            # Stopped between storing the row and its images (never sent to Kling).
+            await self._on_create_failed(record, INTERRUPTED_BEFORE_SUBMIT)
             return
         try:
             self.admission.check_fits(record.kind, record.slots)
