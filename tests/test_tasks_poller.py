@@ -17,12 +17,13 @@ from aiohttp.test_utils import unused_port
 
 from bot.kling.models import TaskKind
 from bot.kling.simulator import KlingSimulator, SimulatorConfig
-from bot.tasks.models import EventType, Origin, TaskRecord, TaskState
+from bot.tasks.models import EventType, TaskRecord, TaskState
 from bot.tasks.poller import PollSchedule
-from bot.tasks.webhook import callback_token
 from tests.conftest import make_png, settings_for
-from tests.test_tracker import SECRET, Harness, callback_settings, harness
+from tests.test_tracker import Harness, callback_settings, harness
+from tests.test_webhook import running_task
 
+PROCESSING = TaskState.PROCESSING
 RUNNING = {TaskState.SUBMITTED, TaskState.PROCESSING}
 IDLE_POLLS = {"poll_first_delay": 60.0, "poll_max_interval": 60.0}  # the test drives cycles
 
@@ -128,35 +129,6 @@ async def test_a_due_task_missing_from_the_list_page_costs_exactly_one_get(
 # --- expiry ------------------------------------------------------------------------------------
 
 
-async def _stored_running(
-    h: Harness, kling_id: str, *, submitted_at: float, token: bool = False
-) -> TaskRecord:
-    """A task recorded as running at Kling under ``kling_id`` (which Kling may not know)."""
-    external = f"ext-{kling_id}"
-    record = await h.store.create(
-        kind=TaskKind.IMAGE,
-        provider="simulator",
-        simulated=True,
-        external_task_id=external,
-        params={"prompt": "p"},
-        input_labels=["subject1"],
-        slots=1,
-        origin=Origin(channel_id=1, user_id=1),
-        callback_token=callback_token(SECRET, external) if token else None,
-    )
-    await h.store.transition(
-        record.id,
-        [TaskState.QUEUED],
-        TaskState.PROCESSING,
-        kling_task_id=kling_id,
-        kling_status="processing",
-        submitted_at=submitted_at,
-    )
-    fresh = await h.store.get(record.id)
-    assert fresh is not None
-    return fresh
-
-
 async def test_a_task_unknown_to_kling_fails_only_once_it_is_too_old(
     simulator: KlingSimulator,
 ) -> None:
@@ -164,8 +136,8 @@ async def test_a_task_unknown_to_kling_fails_only_once_it_is_too_old(
     h = await Harness(settings).open(start=False)
     try:
         now = time.time()
-        old = await _stored_running(h, "404-old", submitted_at=now - 60)
-        young = await _stored_running(h, "404-young", submitted_at=now)
+        old = await running_task(h, "404-old", state=PROCESSING, submitted_at=now - 60, token=False)
+        young = await running_task(h, "404-young", state=PROCESSING, submitted_at=now, token=False)
         await h.tracker.start()
         await h.wait_until(lambda: h.outcomes(EventType.FAILED) == [old.id])
         failed = await h.wait_for_state(old.id, {TaskState.DELIVERED})
@@ -205,7 +177,7 @@ async def test_expiry_leaves_alone_a_task_whose_callback_download_runs(
     settings = callback_settings(simulator, callback_confirm=False, task_max_age=5.0)
     h = await Harness(settings).open(start=False)
     try:
-        record = await _stored_running(h, "gone-1", submitted_at=time.time() - 60, token=True)
+        record = await running_task(h, "gone-1", state=PROCESSING, submitted_at=time.time() - 60)
         body = {
             "task_id": "gone-1",
             "task_status": "succeed",

@@ -30,8 +30,15 @@ async def listener(simulator: KlingSimulator) -> AsyncIterator[Harness]:
         await h.close()
 
 
-async def running_task(h: Harness, kling_id: str = "kling-1") -> TaskRecord:
-    """A task stored as submitted to Kling, with its callback token."""
+async def running_task(
+    h: Harness,
+    kling_id: str = "kling-1",
+    *,
+    state: TaskState = TaskState.SUBMITTED,
+    submitted_at: float | None = None,
+    token: bool = True,
+) -> TaskRecord:
+    """A task stored as running at Kling under ``kling_id`` (which Kling may not know)."""
     external = f"ext-{kling_id}"
     record = await h.store.create(
         kind=TaskKind.IMAGE,
@@ -42,14 +49,15 @@ async def running_task(h: Harness, kling_id: str = "kling-1") -> TaskRecord:
         input_labels=["subject1"],
         slots=1,
         origin=Origin(channel_id=1, user_id=1),
-        callback_token=callback_token(SECRET, external),
+        callback_token=callback_token(SECRET, external) if token else None,
     )
     await h.store.transition(
         record.id,
         [TaskState.QUEUED],
-        TaskState.SUBMITTED,
+        state,
         kling_task_id=kling_id,
-        kling_status="submitted",
+        kling_status=state.value,
+        **({} if submitted_at is None else {"submitted_at": submitted_at}),
     )
     fresh = await h.store.get(record.id)
     assert fresh is not None
