@@ -542,7 +542,9 @@ async def test_counts_by_state(store: SqliteTaskStore) -> None:
     assert sum(counts.values()) == 3 and set(counts) == set(TaskState)
 
 
-async def test_finished_before(store: SqliteTaskStore, clock: Clock) -> None:
+async def test_files_due_for_removal_counts_the_last_timestamp(
+    store: SqliteTaskStore, clock: Clock
+) -> None:
     old_cancel, old_delivered, late_delivery, recent, running, waiting = [
         await make(store) for _ in range(6)
     ]
@@ -557,17 +559,14 @@ async def test_finished_before(store: SqliteTaskStore, clock: Clock) -> None:
     await store.transition(late_delivery.id, {S.FAILED}, S.UNDELIVERABLE)
     await store.transition(recent.id, {S.QUEUED}, S.CANCELLED)
 
-    assert [t.id for t in await store.finished_before(200.0)] == [
-        old_cancel.id,
-        old_delivered.id,
-    ]
-    assert [t.id for t in await store.finished_before(301.0)] == [
+    assert await store.files_due_for_removal(200.0) == [old_cancel.id, old_delivered.id]
+    assert await store.files_due_for_removal(301.0) == [
         old_cancel.id,
         old_delivered.id,
         late_delivery.id,
         recent.id,
     ]
-    assert await store.finished_before(100.0) == []  # strictly before
+    assert await store.files_due_for_removal(100.0) == []  # strictly before
 
 
 async def test_files_due_for_removal_selects_each_old_task_once(

@@ -203,7 +203,6 @@ class TaskStore(Protocol):
     ) -> list[UsageRow]: ...
 
     async def counts_by_state(self) -> dict[TaskState, int]: ...
-    async def finished_before(self, ts: float) -> list[TaskRecord]: ...
     async def files_due_for_removal(self, ts: float) -> list[int]: ...
     async def mark_files_removed(self, task_ids: Collection[int]) -> None: ...
     async def get_guild_config(self, guild_id: int) -> dict[str, Any]: ...
@@ -774,20 +773,11 @@ class SqliteTaskStore(TaskStore):
                 log.warning("tasks table holds an unknown state %r (%d rows)", state, count)
         return counts
 
-    async def finished_before(self, ts: float) -> list[TaskRecord]:
-        """Final tasks whose last timestamp (delivered_at, else finished_at) is before ``ts``,
-        oldest first. The later stamp counts, so a late delivery keeps its files a full period.
-        """
-        values = _state_values(FINAL_STATES)
-        return await self._many(
-            f"{_SELECT} WHERE state IN ({_placeholders(len(values))}) "
-            "AND COALESCE(delivered_at, finished_at, updated_at) < ? ORDER BY created_at, id",
-            [*values, ts],
-        )
-
     async def files_due_for_removal(self, ts: float) -> list[int]:
-        """Ids of the ``finished_before(ts)`` tasks whose files retention has not removed yet
-        (``mark_files_removed``), oldest first: each old task is selected once, not hourly."""
+        """Ids of final tasks whose last timestamp (delivered_at, else finished_at) is before
+        ``ts`` and whose files retention has not removed yet (``mark_files_removed``), oldest
+        first. The later stamp counts, so a late delivery keeps its files a full period; each
+        old task is selected once, not hourly."""
         values = _state_values(FINAL_STATES)
         # "+state": keeps the planner off ix_tasks_state (every final task ever) and on the
         # partial index of the tasks whose files are still kept.
