@@ -238,6 +238,13 @@ async def run_image(world: World, **attachments: Any) -> Any:
     )
 
 
+async def posted_image_result(world: World) -> Any:
+    """A member's ``/kling image`` run to its result post in the channel."""
+    interaction = await run_image(world)
+    await world.fake.wait_for_callback(interaction)
+    return await world.wait_result()
+
+
 # --- the happy paths ----------------------------------------------------------------------------
 
 
@@ -406,9 +413,7 @@ async def test_restart_mid_task_delivers_once_and_again_works(world: World) -> N
 
 async def test_again_refused_for_other_members(world: World) -> None:
     await world.start_bot()
-    interaction = await run_image(world)
-    await world.fake.wait_for_callback(interaction)
-    message = await world.wait_result()
+    message = await posted_image_result(world)
     stranger = world.fake.add_user(name="stranger")
     click = await world.fake.click_button(
         message_id=message.id, custom_id="kling:again:1", user=stranger
@@ -421,9 +426,7 @@ async def test_again_refused_for_other_members(world: World) -> None:
 
 async def test_animate_turns_images_into_a_video(world: World) -> None:
     await world.start_bot()
-    interaction = await run_image(world)
-    await world.fake.wait_for_callback(interaction)
-    message = await world.wait_result()
+    message = await posted_image_result(world)
     click = await world.fake.click_button(message_id=message.id, custom_id="kling:animate:1")
     await world.fake.wait_for_callback(click)
     assert click.modal is not None and click.modal["custom_id"] == "kling:animate-modal:1"
@@ -465,9 +468,7 @@ async def test_animate_modal_opened_before_a_restart_works_after_it(world: World
 
 async def test_animate_after_the_results_were_cleaned_up_says_so(world: World) -> None:
     await world.start_bot()
-    interaction = await run_image(world)
-    await world.fake.wait_for_callback(interaction)
-    message = await world.wait_result()
+    message = await posted_image_result(world)
     await world.wait_state(1, TaskState.DELIVERED)
     for path in world.tracker.result_paths(await world.tracker.store.get(1)):
         path.unlink()  # what retention cleanup does after RETENTION_DAYS
@@ -695,9 +696,7 @@ async def test_moderator_cancel_running_task_is_not_posted(world: World) -> None
 
 async def test_member_status_queue_help_and_details(world: World) -> None:
     await world.start_bot()
-    interaction = await run_image(world)
-    await world.fake.wait_for_callback(interaction)
-    message = await world.wait_result()
+    message = await posted_image_result(world)
     await world.wait_state(1, TaskState.DELIVERED)
 
     status = await world.fake.send_slash_command(
@@ -824,9 +823,7 @@ async def test_unexpected_error_gives_an_error_id_that_is_logged(
 async def test_failed_task_is_posted_with_klings_reason(world: World) -> None:
     world.sim.config.faults.task_failure_rate = 1.0
     await world.start_bot()
-    interaction = await run_image(world)
-    await world.fake.wait_for_callback(interaction)
-    message = await world.wait_result()
+    message = await posted_image_result(world)
     await world.wait_state(1, TaskState.DELIVERED)
     record = await world.tracker.store.get(1)
     assert record.failure_reason
@@ -1004,9 +1001,7 @@ async def test_commands_sent_together_cannot_both_pass_the_member_limit(world: W
 
 async def test_animate_refused_to_strangers_and_again_allowed_to_moderators(world: World) -> None:
     await world.start_bot()
-    interaction = await run_image(world)
-    await world.fake.wait_for_callback(interaction)
-    message = await world.wait_result()
+    message = await posted_image_result(world)
 
     stranger = world.fake.add_user(name="stranger")
     click = await world.fake.click_button(

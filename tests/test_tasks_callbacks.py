@@ -37,14 +37,10 @@ class FailingGetSimulator(KlingSimulator):
 
 @pytest.fixture
 async def failing() -> AsyncIterator[FailingGetSimulator]:
-    sim = FailingGetSimulator(
+    async with FailingGetSimulator(
         SimulatorConfig(submitted_seconds=0.05, processing_seconds=0.2, seed=7)
-    )
-    await sim.start()
-    try:
+    ) as sim:
         yield sim
-    finally:
-        await sim.close()
 
 
 async def test_without_confirmation_the_callback_alone_completes_the_task(

@@ -57,14 +57,10 @@ class CountingSimulator(KlingSimulator):
 
 @pytest.fixture
 async def counting() -> AsyncIterator[CountingSimulator]:
-    sim = CountingSimulator(
+    async with CountingSimulator(
         SimulatorConfig(submitted_seconds=0.05, processing_seconds=30.0, seed=99)
-    )
-    await sim.start()
-    try:
+    ) as sim:
         yield sim
-    finally:
-        await sim.close()
 
 
 def gateway_settings(sim: KlingSimulator, **overrides: Any) -> Any:
