@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord import app_commands
 
+from bot.tasks.store import DatabaseFileChanged
+
 if TYPE_CHECKING:
     from bot.discord.bot import KlingBot
 
@@ -152,4 +154,10 @@ class KlingCommandTree(app_commands.CommandTree["KlingBot"]):
             return f"I could not use “{error.value}” for this option: check the value."
         if isinstance(error, app_commands.CommandNotFound | app_commands.CommandSignatureMismatch):
             return "This command is out of date. Please try again in a minute."
+        if isinstance(getattr(error, "original", None), DatabaseFileChanged):
+            return (
+                "The bot cannot take new tasks right now: its database file was deleted or "
+                "replaced. Nothing was sent to Kling and no credits were used. Please tell a "
+                "server admin."
+            )
         return None

@@ -1,7 +1,8 @@
 """A tiny Prometheus text exposition (format 0.0.4) for the tracker, without a client library.
 
 Counters and summaries live in memory (they restart at zero with the process, as Prometheus
-expects); gauges such as tasks per state are read from the store when ``/metrics`` is scraped.
+expects); gauges such as tasks per state are read from the store when ``/metrics`` is scraped
+(from counters the store keeps, so a scrape costs the same however many tasks are kept).
 """
 
 from __future__ import annotations

@@ -11,14 +11,22 @@ poller, the webhook and a cancel racing on the same task stay consistent without
 
 The schema is versioned with ``PRAGMA user_version``: ``MIGRATIONS[i]`` brings the database
 from version ``i`` to ``i + 1``. Append new scripts; never edit a released one.
+
+Task ids are shown to members and sit in buttons ("again:12"), so none is handed out twice, not
+even by a new database after the file was deleted or a backup restored: the highest id that may
+have been handed out is kept in a small file beside the database (``id_mark_path``), reserved
+``ID_BLOCK`` ids at a time, and new ids start above it. ``ping()`` reports a database file that
+was deleted or replaced under the open connection, and the store then takes no new task.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -39,6 +47,9 @@ MAX_PARAM_CHARS = 10_000
 BUSY_TIMEOUT_MS = 10_000
 WAL_AUTOCHECKPOINT_PAGES = 4_000  # about 16 MB of WAL between checkpoints
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024  # the WAL file is truncated back to this after a checkpoint
+# Task ids reserved per write of the id mark file: one small write per this many new tasks. A
+# process that stops without closing the store skips at most this many ids at the next start.
+ID_BLOCK = 1_000
 
 MIGRATIONS: list[str] = [
     # 1: tasks and guild_config.
@@ -101,6 +112,28 @@ MIGRATIONS: list[str] = [
     -- Holds only the tasks whose files are still kept: the cleanup's scan stays small.
     CREATE INDEX ix_tasks_files_kept ON tasks (created_at, id) WHERE files_removed_at IS NULL;
     """,
+    # 3: tasks per state kept as counters, so /metrics reads a few rows instead of counting
+    # every task ever kept. The triggers keep them in the same transaction as the row change.
+    """
+    CREATE TABLE state_counts (
+        state TEXT    PRIMARY KEY,
+        n     INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO state_counts (state, n) SELECT state, COUNT(*) FROM tasks GROUP BY state;
+    CREATE TRIGGER tasks_count_insert AFTER INSERT ON tasks BEGIN
+        INSERT INTO state_counts (state, n) VALUES (NEW.state, 1)
+            ON CONFLICT (state) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER tasks_count_delete AFTER DELETE ON tasks BEGIN
+        UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
+    END;
+    CREATE TRIGGER tasks_count_state AFTER UPDATE OF state ON tasks
+    WHEN OLD.state IS NOT NEW.state BEGIN
+        UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
+        INSERT INTO state_counts (state, n) VALUES (NEW.state, 1)
+            ON CONFLICT (state) DO UPDATE SET n = n + 1;
+    END;
+    """,
 ]
 # Ids per statement when many are written at once (SQLite caps bound parameters).
 _ID_CHUNK = 500
@@ -112,6 +145,8 @@ _BOOL_COLUMNS = frozenset({"simulated", "cancel_requested"})
 # update()/transition() may set these; id is fixed and state only changes through transition().
 _MUTABLE_COLUMNS = frozenset(COLUMNS) - {"id", "state"}
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM tasks"
+# The AUTOINCREMENT sequence: the highest id this database has handed out, deleted rows included.
+_SEQUENCE_SQL = "SELECT seq FROM sqlite_sequence WHERE name = 'tasks'"
 
 # The timestamp each target state stamps.
 _STAMP: dict[TaskState, str] = {
@@ -133,6 +168,10 @@ _SUCCEEDED_SQL = (
 
 class DuplicateTaskError(Exception):
     """A task with this external_task_id or callback_token exists already (any backend)."""
+
+
+class DatabaseFileChanged(RuntimeError):
+    """The database file was deleted or replaced under the open store: no new task is taken."""
 
 
 @runtime_checkable
@@ -362,6 +401,49 @@ def _only_comments(statement: str) -> bool:
     return all(not line or line.startswith("--") for line in lines)
 
 
+# --- the id mark --------------------------------------------------------------------------------
+
+
+def id_mark_path(db_path: Path) -> Path:
+    """The file holding the highest task id that may have been handed out for ``db_path``.
+
+    Beside the database but not named after its file (``kling-bot.last-task-id`` for
+    ``kling-bot.db``), so that ``rm kling-bot.db*`` leaves it in place.
+    """
+    return db_path.with_name(f"{db_path.stem}.last-task-id")
+
+
+def _read_id_mark(path: Path) -> int:
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        return 0
+    try:
+        return int(text.strip())
+    except ValueError:
+        # Guessing could hand out an id twice: better not to start.
+        raise RuntimeError(
+            f"{path} should hold one number, the highest task id the bot has handed out, "
+            f"but holds {text.strip()[:40]!r}; write that number into it (or delete the file "
+            "if the database beside it holds every task ever created) and start again"
+        ) from None
+
+
+def _write_id_mark(path: Path, value: int) -> None:
+    """Replace the mark atomically: a reader sees the old number or the new one, never half."""
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("w", encoding="ascii") as file:
+        file.write(f"{value}\n")
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
 # --- SQLite ------------------------------------------------------------------------------------
 
 
@@ -375,6 +457,12 @@ class SqliteTaskStore(TaskStore):
         self.path = Path(path)
         self._clock = clock
         self._db: aiosqlite.Connection | None = None
+        self._on_disk = str(self.path) != ":memory:"
+        self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
+        self._file_problem: str | None = None  # what the last check found wrong with the file
+        self._id_floor = 0  # every id handed out so far, here or by earlier processes, is <= this
+        self._ids_reserved = 0  # what this process last read from or wrote to the id mark
+        self._reserve_lock = asyncio.Lock()
 
     async def __aenter__(self) -> SqliteTaskStore:
         await self.open()
@@ -388,7 +476,7 @@ class SqliteTaskStore(TaskStore):
     async def open(self) -> None:
         if self._db is not None:
             return
-        if str(self.path) != ":memory:":
+        if self._on_disk:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: autocommit, so each write statement is its own committed
         # transaction; migrations open theirs explicitly.
@@ -398,7 +486,7 @@ class SqliteTaskStore(TaskStore):
             async with db.execute("PRAGMA journal_mode = WAL") as cursor:
                 row = await cursor.fetchone()
             mode = row[0] if row else None
-            if mode != "wal" and str(self.path) != ":memory:":
+            if mode != "wal" and self._on_disk:
                 log.warning("SQLite at %s refused WAL mode (journal_mode=%s)", self.path, mode)
             # NORMAL is durable against process crashes in WAL mode (only an OS crash or power
             # loss can lose the last commits) and avoids an fsync per write.
@@ -411,11 +499,31 @@ class SqliteTaskStore(TaskStore):
             await db.execute("PRAGMA foreign_keys = ON")
             await db.create_function("credits_number", 1, _credits_number, deterministic=True)
             await self._migrate(db)
+            await self._start_ids(db)
+            self._file_id = _file_identity(self.path) if self._on_disk else None
         except BaseException:
             await db.close()
             raise
+        self._file_problem = None
         self._db = db
         log.debug("task store open at %s", self.path)
+
+    async def _start_ids(self, db: aiosqlite.Connection) -> None:
+        """New ids go above both the database's own sequence and the id mark, which is ahead
+        of it when the database is new or restored from a backup (or the last run crashed)."""
+        rows = list(await db.execute_fetchall(_SEQUENCE_SQL))
+        sequence = int(rows[0][0]) if rows else 0
+        mark = _read_id_mark(id_mark_path(self.path)) if self._on_disk else 0
+        if mark > sequence:
+            log.info(
+                "task store %s: task ids continue above %d, from %s (the database itself only "
+                "knows ids up to %d: it is new, restored, or the last run did not close it)",
+                self.path, mark, id_mark_path(self.path), sequence,
+            )  # fmt: skip
+        self._id_floor = max(mark, sequence)
+        self._ids_reserved = mark
+        if self._on_disk and mark < sequence:
+            await self._write_mark(sequence)  # no mark yet (a database from before it)
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
         migrations = MIGRATIONS  # read at call time so tests can monkeypatch the module list
@@ -445,17 +553,56 @@ class SqliteTaskStore(TaskStore):
 
     async def close(self) -> None:
         db, self._db = self._db, None
-        if db is not None:
+        if db is None:
+            return
+        try:
+            await self._release_unused_ids()
+        finally:
             await db.close()
 
     async def ping(self) -> bool:
+        """True while the connection answers and the file at ``path`` is still the one it
+        opened. A deleted or replaced file is logged once, as an ERROR saying what to do."""
         if self._db is None:
+            return False
+        if self._check_file() is not None:
             return False
         try:
             rows = await self._db.execute_fetchall("SELECT 1")
         except (sqlite3.Error, ValueError):
             return False
         return list(rows) == [(1,)]
+
+    def _check_file(self) -> str | None:
+        """What happened to the database file since it was opened, or None if nothing did.
+
+        A file deleted or replaced (``mv``/``cp`` of a backup onto its name) leaves this
+        connection on the old file: what it writes now is lost at the next restart. An
+        in-place overwrite keeping the inode cannot be seen here (stop the bot to restore).
+        """
+        if self._file_id is None:
+            return None
+        try:
+            problem = None if _file_identity(self.path) == self._file_id else "replaced"
+        except FileNotFoundError:
+            problem = "deleted"
+        except OSError as exc:
+            problem = f"unreadable ({exc.strerror})"
+        if problem != self._file_problem:
+            self._report_file_change(problem)
+        self._file_problem = problem
+        return problem
+
+    def _report_file_change(self, problem: str | None) -> None:
+        if problem is None:
+            log.info("task store: the database file %s is back", self.path)
+            return
+        log.error(
+            "the database file %s was %s while the bot was running: the bot still writes to "
+            "the file it opened, which is lost at the next restart, and takes no new tasks. "
+            "Restore the file (from a backup if it is gone) and restart the bot",
+            self.path, problem,
+        )  # fmt: skip
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -497,7 +644,9 @@ class SqliteTaskStore(TaskStore):
         callback_token: str | None,
     ) -> TaskRecord:
         """Insert a queued task. A duplicate external_task_id or callback_token raises
-        ``DuplicateTaskError``; a param string longer than MAX_PARAM_CHARS ``ValueError``."""
+        ``DuplicateTaskError``; a param string longer than MAX_PARAM_CHARS ``ValueError``; a
+        database file deleted or replaced since open ``DatabaseFileChanged``."""
+        self._refuse_if_file_changed()
         now = self._clock()
         values: dict[str, Any] = {
             "kind": _encode("kind", kind),
@@ -518,13 +667,17 @@ class SqliteTaskStore(TaskStore):
             "updated_at": now,
         }
         names = ", ".join(values)
-        # RETURNING: the new id in the same round trip to the connection's thread.
+        await self._reserve_ids_through(self._id_floor + 1)  # before the row: may fail on disk
+        # The id: above the table's sequence and above every id handed out before (the mark,
+        # for a database that is new or older than the ids in use). RETURNING: the new id in
+        # the same round trip to the connection's thread.
         try:
             rows = list(
                 await self.db.execute_fetchall(
-                    f"INSERT INTO tasks ({names}) VALUES ({_placeholders(len(values))}) "
+                    f"INSERT INTO tasks (id, {names}) VALUES ("
+                    f"MAX(IFNULL(({_SEQUENCE_SQL}), 0), ?) + 1, {_placeholders(len(values))}) "
                     "RETURNING id",
-                    tuple(values.values()),
+                    (self._id_floor, *values.values()),
                 )
             )
         except sqlite3.IntegrityError as exc:
@@ -532,6 +685,10 @@ class SqliteTaskStore(TaskStore):
                 raise  # a NOT NULL or CHECK failure: a bug here, not a duplicate
             raise DuplicateTaskError(str(exc)) from exc
         task_id = int(rows[0][0])
+        self._id_floor = max(self._id_floor, task_id)
+        # Another process creating tasks in this database may have moved the sequence past
+        # this process's reservation: cover the id before anyone is shown it.
+        await self._reserve_ids_through(task_id)
         # Build the record from what was stored (decoded JSON), so it equals what get() returns.
         return TaskRecord(
             id=task_id,
@@ -569,6 +726,42 @@ class SqliteTaskStore(TaskStore):
             not_before=None,
             updated_at=now,
         )
+
+    def _refuse_if_file_changed(self) -> None:
+        # New tasks only: a task created in a deleted or replaced file is lost at the next
+        # restart, after Kling may have charged for it. Tasks under way go on updating their
+        # rows (lost as well, but refusing would not save them) so their results still reach
+        # the members who asked.
+        problem = self._check_file()
+        if problem is not None:
+            raise DatabaseFileChanged(
+                f"the database file {self.path} was {problem} while the bot was running; "
+                "no new task is taken until it is restored and the bot restarted"
+            )
+
+    async def _reserve_ids_through(self, task_id: int) -> None:
+        """Make sure the id mark covers ``task_id``, reserving ``ID_BLOCK`` ids per write."""
+        if not self._on_disk or task_id <= self._ids_reserved:
+            return
+        async with self._reserve_lock:
+            if task_id <= self._ids_reserved:
+                return  # a concurrent create reserved it meanwhile
+            await self._write_mark(task_id + ID_BLOCK - 1)
+
+    async def _release_unused_ids(self) -> None:
+        """At a clean close, give back the reserved ids not handed out, so ids do not jump
+        by a block at every restart. Only if the mark is still this process's own: a second
+        process creating tasks may have reserved beyond it."""
+        if not self._on_disk or self._ids_reserved <= self._id_floor:
+            return
+        mark = id_mark_path(self.path)
+        async with self._reserve_lock:
+            if await asyncio.to_thread(_read_id_mark, mark) == self._ids_reserved:
+                await self._write_mark(self._id_floor)
+
+    async def _write_mark(self, through: int) -> None:
+        await asyncio.to_thread(_write_id_mark, id_mark_path(self.path), through)
+        self._ids_reserved = through
 
     async def set_inputs(self, task_id: int, input_files: list[str]) -> None:
         await self.update(task_id, input_files=list(input_files))
@@ -762,11 +955,10 @@ class SqliteTaskStore(TaskStore):
         ]
 
     async def counts_by_state(self) -> dict[TaskState, int]:
-        """Every state, zero included (metrics want a stable set of series)."""
+        """Every state, zero included (metrics want a stable set of series). Read from the
+        counters the triggers keep: a few rows, however many tasks are kept."""
         counts = dict.fromkeys(TaskState, 0)
-        for state, count in await self.db.execute_fetchall(
-            "SELECT state, COUNT(*) FROM tasks GROUP BY state"
-        ):
+        for state, count in await self.db.execute_fetchall("SELECT state, n FROM state_counts"):
             try:
                 counts[TaskState(state)] = int(count)
             except ValueError:
