@@ -22,10 +22,6 @@ from bot.tasks.models import ACTIVE_STATES
 
 log = logging.getLogger(__name__)
 
-# Discord accepts bigger uploads (boosted servers); Kling takes 10 MB after conversion. Reading
-# more than this into memory for one command is not worth it.
-MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
-
 IMAGE_RATIO_CHOICES = [Choice(name=r, value=r) for r in IMAGE_ASPECT_RATIOS]
 VIDEO_RATIO_CHOICES = [Choice(name=r, value=r) for r in VIDEO_ASPECT_RATIOS]
 MODEL_CHOICES = [Choice(name=m, value=m) for m in IMAGE_MODELS]
@@ -33,29 +29,12 @@ MODE_CHOICES = [Choice(name="std (standard)", value="std"), Choice(name="pro", v
 DURATION_CHOICES = [Choice(name="5 seconds", value="5"), Choice(name="10 seconds", value="10")]
 
 
-async def read_attachments(
+def given(
     named: list[tuple[str, discord.Attachment | None]],
-) -> list[tuple[str, bytes]]:
-    """The bytes of each given attachment, in option order; refuses what cannot be used."""
-    items: list[tuple[str, bytes]] = []
-    for label, attachment in named:
-        if attachment is None:
-            continue
-        if attachment.size > MAX_ATTACHMENT_BYTES:
-            raise Refused(
-                f"{label}: {attachment.filename} is {attachment.size / 2**20:.1f} MB, more than "
-                "the 25 MB this bot reads. Attach a smaller image (a JPEG or PNG under 10 MB is "
-                "best)."
-            )
-        try:
-            data = await attachment.read()
-        except discord.HTTPException:
-            raise Refused(
-                f"{label}: I could not download {attachment.filename} from Discord. "
-                "Attach it again."
-            ) from None
-        items.append((label, data))
-    return items
+) -> list[tuple[str, discord.Attachment]]:
+    """The attachments the member gave, in option order. They are read by ``submit_request``,
+    only once the request passed the checks that need no download."""
+    return [(label, attachment) for label, attachment in named if attachment is not None]
 
 
 # Guild only: in DMs no moderator sees the tasks and no guild rule (blocked words, limits) applies.
@@ -98,7 +77,7 @@ class Generate(commands.GroupCog, group_name="kling", group_description="Generat
     ) -> None:
         """Make images from 1-4 subject images, optional scene and style images and prompt."""
         await interaction.response.defer(thinking=True)
-        items = await read_attachments(
+        items = given(
             [
                 ("subject1", subject1),
                 ("subject2", subject2),
@@ -151,7 +130,7 @@ class Generate(commands.GroupCog, group_name="kling", group_description="Generat
     ) -> None:
         """Make a 5 or 10 second video from 1-4 images and a prompt."""
         await interaction.response.defer(thinking=True)
-        items = await read_attachments(
+        items = given(
             [("image1", image1), ("image2", image2), ("image3", image3), ("image4", image4)]
         )
         defaults = (await guild_config(self.bot, interaction.guild_id)).defaults

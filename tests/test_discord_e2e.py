@@ -274,7 +274,7 @@ async def test_image_end_to_end(world: World) -> None:
     assert message.embeds[0]["description"] == "a red cube on a table"
     fields = embed_fields(message)
     assert fields["Model"] == world.settings.kling_image_model == sim_task.request["model_name"]
-    assert "2 image(s)" in fields["Parameters"] and "aspect 1:1" in fields["Parameters"]
+    assert "2 images" in fields["Parameters"] and "aspect 1:1" in fields["Parameters"]
     assert "subject1, subject2" in fields["Parameters"]
     assert fields["Time taken"].endswith(" s")
     assert fields["Credits"] == "none (simulated)"
@@ -975,9 +975,9 @@ async def test_member_limit_refuses_a_second_running_task_and_again(
     await world.wait_state(2, TaskState.SUBMITTED, TaskState.PROCESSING)
 
     second = await run_image(world)
-    assert "1 task(s) running (limit 1)" in await refusal(world, second)
+    assert "1 task running (limit 1)" in await refusal(world, second)
     again = await world.fake.click_button(message_id=result.id, custom_id="kling:again:1")
-    assert "1 task(s) running (limit 1)" in await refusal(world, again)
+    assert "1 task running (limit 1)" in await refusal(world, again)
     await asyncio.sleep(0.3)
     assert len(world.sim.tasks) == 2
     assert len(await world.tracker.store.list_tasks()) == 2
@@ -995,7 +995,7 @@ async def test_commands_sent_together_cannot_both_pass_the_member_limit(world: W
     assert len(world.sim.tasks) == 1
     assert len(await world.tracker.store.list_tasks()) == 1
     replies = [m for i in burst for m in world.fake.followups(i)]
-    refused = [m for m in replies if m.ephemeral and "1 task(s) running (limit 1)" in m.content]
+    refused = [m for m in replies if m.ephemeral and "1 task running (limit 1)" in m.content]
     assert len(refused) == 3  # whichever of the four came first got the one place
 
 

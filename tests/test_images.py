@@ -174,24 +174,32 @@ def test_cmyk_jpeg_becomes_rgb() -> None:
 
 
 def test_16_bit_png_is_scaled_not_clipped() -> None:
-    im = Image.new("I;16", (400, 300), 65535)
-    im.paste(128 * 257, (200, 0, 400, 300))  # clipping would turn this white too
+    # A valid 16-bit PNG passes as it is; this one is too small, so it is re-encoded.
+    im = Image.new("I;16", (200, 150), 65535)
+    im.paste(128 * 257, (100, 0, 200, 150))  # clipping would turn this white too
     data = encode(im, "PNG")
     assert data[24] == 16
     prepared = prepare_image(data, "subject1")
     out = reopen(prepared).convert("L")
+    assert out.size == (400, 300)
     assert abs(out.getpixel((100, 150)) - 255) <= 2
     assert abs(out.getpixel((300, 150)) - 128) <= 2
     assert "reduced 16-bit colour to 8-bit" in prepared.changes
 
 
-def test_48_bit_png_is_reduced_to_8_bit() -> None:
-    data = png_48_bit(400, 300, (0x8080, 0, 0xFFFF))
+def test_48_bit_png_is_reduced_to_8_bit_when_re_encoded() -> None:
+    data = png_48_bit(200, 150, (0x8080, 0, 0xFFFF))  # too small: must be re-encoded
     assert Image.open(io.BytesIO(data)).mode == "RGB"  # the mode alone hides the depth
     prepared = prepare_image(data, "subject1")
     assert prepared.data is not data
     assert "reduced 16-bit colour to 8-bit" in prepared.changes
     assert close(reopen(prepared).getpixel((200, 150)), (128, 0, 255), tol=4)
+
+
+def test_valid_48_bit_png_passes_through() -> None:
+    data = png_48_bit(400, 300, (0x8080, 0, 0xFFFF))
+    prepared = prepare_image(data, "subject1")
+    assert prepared.data is data and prepared.changes == ()
 
 
 def test_transparent_image_stays_png() -> None:
@@ -418,6 +426,19 @@ def test_max_pixels_is_enforced() -> None:
     data = encode(Image.new("RGB", (640, 480)), "PNG")
     with pytest.raises(ImageRejected, match=r"^image1: .*too large \(640x480 pixels"):
         prepare_image(data, "image1", max_pixels=100_000)
+
+
+def test_image_over_the_pixel_limit_is_refused_from_its_header(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = with_ihdr_size(encode(Image.new("L", (400, 300)), "PNG"), 9000, 5000)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded"))
+    with pytest.raises(ImageRejected) as caught:
+        prepare_image(data, "subject2")
+    assert str(caught.value) == (
+        "subject2: the image is too large (9,000x5,000 pixels, over the 40 megapixel limit). "
+        "Resize it and attach it again."
+    )
 
 
 def test_unexpected_pillow_errors_become_rejections(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 EXTENSIONS = ("cogs.generate", "cogs.moderation")
 
+# An input image: a member's attachment (read only once the request passed the checks) or
+# bytes the bot already holds (a result being animated).
+ImageSource = bytes | discord.Attachment
+
 
 def apply_discord_endpoints(settings: Settings) -> None:
     """Point discord.py at a REST/gateway proxy (process-wide class attributes)."""
@@ -153,22 +157,22 @@ class KlingBot(commands.Bot):
         interaction: discord.Interaction[KlingBot],
         kind: TaskKind,
         params: dict[str, Any],
-        items: Sequence[tuple[str, bytes]],
+        items: Sequence[tuple[str, ImageSource]],
     ) -> TaskRecord:
-        """Prepare the images, check the rules, submit, and follow the task in the reply.
+        """Check the rules, read and prepare the images, submit, and follow the task in the reply.
 
-        The interaction must already be deferred. Raises ``checks.Refused`` (nothing was
-        submitted) with a message for the member.
+        Cheapest first, so a request that is refused costs no download and no decoding: the
+        channel, blocked words and member limits; then what Discord reports about each
+        attachment; then the download; then the images. The interaction must already be
+        deferred. Raises ``checks.Refused`` (nothing was submitted) with a message for the
+        member.
         """
-        try:
-            prepared = await prepare_images(items, fit=self.settings.image_fit)
-        except ImageRejected as exc:
-            raise checks.Refused(str(exc)) from None
         clean = {key: value for key, value in params.items() if value not in (None, "")}
         # One member's commands are checked and stored one at a time, so two sent together
         # cannot both pass a limit that only one of them fits in.
         async with self.member_lock(interaction.guild_id, interaction.user.id):
             await self.check_request(interaction, params)
+            prepared = await self._prepared_images(items)
             task = await self._submit_checked(kind, clean, prepared, self.origin_of(interaction))
         changes = tuple(f"{p.label}: {change}" for p in prepared for change in p.changes)
         interaction.extras["status_shown"] = True
@@ -182,8 +186,22 @@ class KlingBot(commands.Bot):
         )
         return task
 
+    async def _prepared_images(
+        self, items: Sequence[tuple[str, ImageSource]]
+    ) -> list[PreparedImage]:
+        attachments = [(label, s) for label, s in items if isinstance(s, discord.Attachment)]
+        checks.check_attachments(attachments)
+        names = {label: checks.attachment_name(label, a) for label, a in attachments}
+        inputs = [(label, await _read(names.get(label, label), source)) for label, source in items]
+        try:
+            return await prepare_images(inputs, fit=self.settings.image_fit)
+        except ImageRejected as exc:
+            name = names.get(exc.label, exc.label)
+            raise checks.Refused(f"{name}: {exc.reason}. {exc.hint}") from None
+
     def member_lock(self, guild_id: int | None, user_id: int) -> asyncio.Lock:
-        """Held while one of the member's requests is checked against the limits and stored."""
+        """Held while one of the member's requests is checked against the limits, has its images
+        read and prepared, and is stored."""
         lock = self._member_locks.get((guild_id, user_id))
         if lock is None:
             lock = self._member_locks[(guild_id, user_id)] = asyncio.Lock()
@@ -206,3 +224,14 @@ class KlingBot(commands.Bot):
             ) from None
         except KlingInvalidRequest as exc:
             raise checks.Refused(f"Kling refused this request: {exc}") from None
+
+
+async def _read(name: str, source: ImageSource) -> bytes:
+    if isinstance(source, bytes):
+        return source
+    try:
+        return await source.read()
+    except discord.HTTPException:
+        raise checks.Refused(
+            f"{name}: I could not download it from Discord. Attach it again."
+        ) from None

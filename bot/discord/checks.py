@@ -1,4 +1,5 @@
-"""Who may do what: moderator rights and the per-guild rules stored in the guild config.
+"""Who may do what: moderator rights, the per-guild rules stored in the guild config, and what
+Discord tells about an attachment (checked before it is downloaded).
 
 Guild config keys (``store.get_guild_config``/``set_guild_config``, a JSON object):
 ``allowed_channels`` (list of channel ids; empty = every channel), ``max_active`` (a member's
@@ -13,13 +14,14 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 
+from bot.kling.images import MAX_PIXELS
 from bot.kling.models import (
     IMAGE_ASPECT_RATIOS,
     IMAGE_MODELS,
@@ -29,6 +31,7 @@ from bot.kling.models import (
     VideoTaskRequest,
 )
 from bot.tasks.models import ACTIVE_STATES
+from bot.text import quantity
 
 if TYPE_CHECKING:
     from bot.discord.bot import KlingBot
@@ -37,6 +40,9 @@ if TYPE_CHECKING:
 DEFAULT_MAX_ACTIVE = 3
 DEFAULT_DAILY_LIMIT = 50
 DAY = 24 * 3600.0
+# Discord accepts bigger uploads (boosted servers); Kling takes 10 MB after conversion. Reading
+# more than this into memory for one command is not worth it.
+MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
 
 
 class Refused(app_commands.CheckFailure):
@@ -240,7 +246,7 @@ async def check_request(
         )
         if active >= config.max_active:
             raise Refused(
-                f"You already have {active} task(s) running (limit {config.max_active}). "
+                f"You already have {quantity(active, 'task')} running (limit {config.max_active}). "
                 "Wait for one to finish — see `/kling queue`."
             )
     if config.daily_limit > 0:
@@ -250,4 +256,34 @@ async def check_request(
         if today >= config.daily_limit:
             raise Refused(
                 f"You reached the limit of {config.daily_limit} tasks in 24 hours. Try again later."
+            )
+
+
+def attachment_name(label: str, attachment: discord.Attachment) -> str:
+    """How messages name an input: the command option and the member's file."""
+    return f"{label} ({attachment.filename})"
+
+
+def check_attachments(attachments: Sequence[tuple[str, discord.Attachment]]) -> None:
+    """Refuses, from what Discord reports about each file, what could not be used anyway, so
+    nothing is downloaded or decoded for it. The image itself is checked again once read."""
+    for label, attachment in attachments:
+        name = attachment_name(label, attachment)
+        kind = attachment.content_type  # None when Discord could not tell
+        if kind and not kind.lower().startswith(("image/", "application/octet-stream")):
+            raise Refused(
+                f"{name} is not an image (Discord says it is {kind}). "
+                "Attach a JPEG, PNG, WebP or GIF."
+            )
+        if attachment.size > MAX_ATTACHMENT_BYTES:
+            raise Refused(
+                f"{name} is {attachment.size / 2**20:.1f} MB, more than the 25 MB this bot reads. "
+                "Attach a smaller image (a JPEG or PNG under 10 MB is best)."
+            )
+        w, h = attachment.width, attachment.height  # None when Discord did not measure it
+        if w and h and w * h > MAX_PIXELS:
+            raise Refused(
+                f"{name} is {w:,}x{h:,} pixels ({w * h / 1e6:.0f} megapixels), more than the "
+                f"{MAX_PIXELS / 1e6:g} megapixels this bot can work on. "
+                "Resize it and attach it again."
             )

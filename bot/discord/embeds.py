@@ -15,6 +15,7 @@ import discord
 from bot.discord.checks import request_default
 from bot.kling.models import TaskKind
 from bot.tasks.models import TaskRecord, TaskState
+from bot.text import quantity
 
 SIMULATED_NOTE = "Simulated — no Kling credits used"
 LINK_NOTE = "Kling deletes this file after 30 days"
@@ -85,7 +86,7 @@ def params_line(task: TaskRecord) -> str:
     if task.kind == TaskKind.IMAGE:
         parts = [
             f"model {model_of(task)}",
-            f"{p.get('n', 1)} image(s)",
+            quantity(p.get("n", 1), "image"),
             f"aspect {p.get('aspect_ratio', '16:9')}",
         ]
     else:

@@ -22,6 +22,7 @@ from bot.kling.client import KlingClient
 from bot.kling.simulator import SimulatorConfig, simulated_settings
 from bot.tasks.store import TaskStore, open_store
 from bot.tasks.tracker import Tracker
+from bot.text import quantity
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ async def sync_commands(settings: Settings, guild_id: int | None) -> list[str]:
             synced = await bot.tree.sync()
             where = "globally (may take up to an hour to appear)"
     names = [_command_name(c) for c in synced]
-    print(f"Synced {len(names)} command(s) {where}: {', '.join(names)}")
+    print(f"Synced {quantity(len(names), 'command')} {where}: {', '.join(names)}")
     return names
 
 

@@ -3,18 +3,24 @@
 Kling takes JPEG or PNG, at most 10 MB, at least 300 px a side, aspect ratio within
 1:2.5..2.5:1, as raw base64. Files that already comply pass through byte for byte
 without decoding; anything else is decoded, fixed and re-encoded.
+
+Decoding costs memory that the file size does not hint at (a 100 KB PNG can hold 40 megapixels,
+160 MB decoded), so ``prepare_images`` decodes one image at a time for the whole process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import io
 import logging
 import math
 import re
 import struct
 from base64 import b64encode
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -24,6 +30,10 @@ log = logging.getLogger(__name__)
 
 ImageFit = Literal["pad", "crop"]
 
+MAX_BYTES = 10 * 1024 * 1024
+MIN_SIDE = 300
+MAX_RATIO = 2.5
+MAX_PIXELS = 40_000_000
 _ORIENTATION = 0x0112
 _JPEG_QUALITIES = (92, 85, 75, 60)
 _PNG_IEND = b"IEND"
@@ -45,6 +55,9 @@ class _Rules(NamedTuple):
 
     def ratio_ok(self, w: int, h: int) -> bool:
         return 1 / self.ratio <= w / h <= self.ratio
+
+
+_RULES = _Rules(MAX_BYTES, MIN_SIDE, MAX_RATIO, MAX_PIXELS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,49 +90,48 @@ class ImageRejected(ValueError):
         super().__init__(f"{label}: {reason}. {hint}")
 
 
+# Pixels are decoded in this one thread, whatever the number of commands or images: memory
+# is bounded by one image (at most MAX_PIXELS), and what one decode frees the next one reuses
+# (glibc keeps memory a thread freed in that thread's arena, so N threads would keep N peaks).
+_DECODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-decode")
+
+
+@dataclass(slots=True)
+class _Undecoded:
+    """An input that must be decoded to be fixed: its header read, its pixels not yet."""
+
+    image: Image.Image
+    data: bytes  # without any trailer after a JPEG's end
+    changes: tuple[str, ...]
+
+
 def prepare_image(
     data: bytes,
     label: str,
     *,
     fit: ImageFit = "pad",
-    max_bytes: int = 10 * 1024 * 1024,
-    min_side: int = 300,
-    max_ratio: float = 2.5,
-    max_pixels: int = 40_000_000,
+    max_bytes: int = MAX_BYTES,
+    min_side: int = MIN_SIDE,
+    max_ratio: float = MAX_RATIO,
+    max_pixels: int = MAX_PIXELS,
 ) -> PreparedImage:
+    """One input, decoded in the calling thread (tests, benchmarks); see prepare_images."""
     rules = _Rules(max_bytes, min_side, max_ratio, max_pixels)
-    if not data:
-        raise ImageRejected(label, "the file is empty", "Attach the image again.")
-    try:
-        with Image.open(io.BytesIO(data)) as im:  # reads the header only
-            if im.width * im.height > max_pixels:
-                raise _too_big(label, f"{im.width}x{im.height} pixels, ", max_pixels)
-            data, changes = _without_jpeg_trailer(im, data)
-            if _complies(im, data, rules):
-                fmt: Literal["jpeg", "png"] = "png" if im.format == "PNG" else "jpeg"
-                return PreparedImage(label, data, fmt, im.width, im.height, changes)
-            return _convert(im, data, label, fit, rules, list(changes))
-    except ImageRejected:
-        raise
-    except UnidentifiedImageError:
-        raise _not_an_image(label, data) from None
-    except _BOMB:  # Pillow's own, far higher limit
-        raise _too_big(label, "", max_pixels) from None
-    except Exception as exc:  # Pillow raises many types for bad data; members need one message
-        log.info("rejecting %s as damaged: %r", label, exc)
-        raise ImageRejected(
-            label, "the image data is cut off or damaged", "Re-export it and attach it again."
-        ) from None
+    inspected = _inspect(data, label, rules)
+    if isinstance(inspected, PreparedImage):
+        return inspected
+    return _fix(inspected, label, fit, rules)
 
 
 async def prepare_images(
     items: Sequence[tuple[str, bytes]], *, fit: ImageFit = "pad"
 ) -> list[PreparedImage]:
-    """Prepare several inputs off the event loop; raises the first ImageRejected (input order)."""
-    # One thread per image: Pillow releases the GIL while decoding and encoding.
+    """Prepare several inputs off the event loop; raises the first ImageRejected (input order).
+
+    Headers are read in parallel, so a file that complies never waits; decoding happens one
+    image at a time in the process's decode thread."""
     results = await asyncio.gather(
-        *(asyncio.to_thread(prepare_image, data, label, fit=fit) for label, data in items),
-        return_exceptions=True,
+        *(_prepare_off_loop(data, label, fit) for label, data in items), return_exceptions=True
     )
     prepared: list[PreparedImage] = []
     for result in results:  # "first" in input order, so the message does not depend on timing
@@ -127,6 +139,54 @@ async def prepare_images(
             raise result
         prepared.append(result)
     return prepared
+
+
+async def _prepare_off_loop(data: bytes, label: str, fit: ImageFit) -> PreparedImage:
+    inspected = await asyncio.to_thread(_inspect, data, label, _RULES)
+    if isinstance(inspected, PreparedImage):
+        return inspected
+    fix = functools.partial(_fix, inspected, label, fit, _RULES)
+    return await asyncio.get_running_loop().run_in_executor(_DECODER, fix)
+
+
+@contextlib.contextmanager
+def _member_errors(label: str, data: bytes, rules: _Rules) -> Iterator[None]:
+    """Pillow raises many types for bad data; members need one clear message."""
+    try:
+        yield
+    except ImageRejected:
+        raise
+    except UnidentifiedImageError:
+        raise _not_an_image(label, data) from None
+    except _BOMB:  # Pillow's own, far higher limit
+        raise _too_big(label, "", rules.max_pixels) from None
+    except Exception as exc:
+        log.info("rejecting %s as damaged: %r", label, exc)
+        raise ImageRejected(
+            label, "the image data is cut off or damaged", "Re-export it and attach it again."
+        ) from None
+
+
+def _inspect(data: bytes, label: str, rules: _Rules) -> PreparedImage | _Undecoded:
+    """The file as it is when it complies, judged from its header; else what decoding needs."""
+    if not data:
+        raise ImageRejected(label, "the file is empty", "Attach the image again.")
+    with _member_errors(label, data, rules):
+        im = Image.open(io.BytesIO(data))  # reads the header only
+        if im.width * im.height > rules.max_pixels:
+            raise _too_big(label, f"{im.width:,}x{im.height:,} pixels, ", rules.max_pixels)
+        data, changes = _without_jpeg_trailer(im, data)
+        if not _complies(im, data, rules):
+            return _Undecoded(im, data, changes)
+        fmt: Literal["jpeg", "png"] = "png" if im.format == "PNG" else "jpeg"
+        im.close()
+        return PreparedImage(label, data, fmt, im.width, im.height, changes)
+
+
+def _fix(undecoded: _Undecoded, label: str, fit: ImageFit, rules: _Rules) -> PreparedImage:
+    data = undecoded.data
+    with _member_errors(label, data, rules), undecoded.image as im:
+        return _convert(im, data, label, fit, rules, list(undecoded.changes))
 
 
 # --- fast path: header and metadata only, never pixels ---------------------------------
@@ -213,14 +273,16 @@ def _without_jpeg_trailer(im: Image.Image, data: bytes) -> tuple[bytes, tuple[st
 
 
 def _complies(im: Image.Image, data: bytes, rules: _Rules) -> bool:
-    """Whether the bytes can go to Kling as they are, judged from headers and metadata."""
+    """Whether the bytes can go to Kling as they are, judged from headers and metadata.
+
+    Any PNG colour type and bit depth (palette, grey, alpha, 16-bit): the PNG standard makes
+    every decoder read them all. An animated PNG is not one picture, so it is not. A JPEG only
+    as greyscale or YCbCr, the two that JFIF defines: Adobe's CMYK/YCCK JPEGs are an extension
+    that decoders often get wrong (inverted colours), so they are converted to RGB here.
+    """
     w, h = im.size
     if im.format == "PNG":
-        right_kind = (
-            data[24] == 8  # IHDR bit depth; Pillow reports 48-bit PNGs as plain "RGB"
-            and im.mode in ("RGB", "RGBA", "L")
-            and not getattr(im, "is_animated", False)
-        )
+        right_kind = not getattr(im, "is_animated", False)
     else:
         right_kind = im.format in ("JPEG", "MPO") and im.mode in ("RGB", "L")
     return (
@@ -259,17 +321,19 @@ def _convert(
     if orientation is None:  # a PNG whose eXIf chunk only loading reveals
         orientation = _orientation(im, data)
     if orientation != 1:
-        im = ImageOps.exif_transpose(im)
+        ImageOps.exif_transpose(im, in_place=True)  # in place: one copy fewer at a time
         changes.append("rotated it upright as its EXIF orientation asks")
     if sixteen_bit:
         changes.append("reduced 16-bit colour to 8-bit")
         if im.mode not in ("RGB", "RGBA"):  # Pillow already scales 48/64-bit PNGs to 8-bit
-            im = im.convert("I").point(lambda v: v / 257, "L")  # scale, don't clip: 65535 -> 255
+            im = _replaced(im, im.convert("I"))
+            im = _replaced(im, im.point(lambda v: v / 257, "L"))  # scale, don't clip
     im = _rgb(im)
     im = _fit_ratio(im, fit, rules, changes)
     w, h = im.size
     if min(w, h) < (short := rules.min_side):
-        im = im.resize(_scaled_size(w, h, short / min(w, h), rules), Image.Resampling.LANCZOS)
+        size = _scaled_size(w, h, short / min(w, h), rules)
+        im = _replaced(im, im.resize(size, Image.Resampling.LANCZOS))
         changes.append(
             f"scaled up from {w}x{h} to {im.width}x{im.height} "
             f"(Kling needs at least {short} px a side)"
@@ -278,9 +342,25 @@ def _convert(
     target = "PNG" if fmt == "png" else "JPEG"
     if source != target:
         changes.insert(0, f"converted {source} to {target}")
-    if not changes:  # e.g. a palette PNG with transparency
-        changes.append(f"re-saved it as a standard 8-bit {target}")
+    if not changes:  # a PNG or JPEG that was only too big a file
+        changes.append(f"re-saved it to fit under {rules.max_bytes / 1024 / 1024:g} MB")
     return PreparedImage(label, out, fmt, im.width, im.height, tuple(changes))
+
+
+def _replaced(old: Image.Image, new: Image.Image) -> Image.Image:
+    """``new``, with ``old``'s pixels freed at once rather than when the last reference goes:
+    at 40 megapixels each copy is 160 MB."""
+    if new is not old:
+        old.close()
+    return new
+
+
+def _shrunk(im: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """``im`` scaled down to ``size``, one axis at a time. Pillow's resize does the same two
+    passes but holds the source, its intermediate and the result at once; here the source is
+    freed before the second pass, so no more than two copies are ever held."""
+    im = _replaced(im, im.resize((size[0], im.height), Image.Resampling.LANCZOS))
+    return _replaced(im, im.resize(size, Image.Resampling.LANCZOS))
 
 
 def _scaled_size(w: int, h: int, scale: float, rules: _Rules) -> tuple[int, int]:
@@ -295,10 +375,10 @@ def _scaled_size(w: int, h: int, scale: float, rules: _Rules) -> tuple[int, int]
 def _rgb(im: Image.Image) -> Image.Image:
     """RGBA if any pixel is see-through, else RGB."""
     if im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info:
-        im = im.convert("RGBA")
+        im = _replaced(im, im.convert("RGBA"))
         if im.getchannel("A").getextrema()[0] < 255:
             return im
-    return im.convert("RGB")
+    return im if im.mode == "RGB" else _replaced(im, im.convert("RGB"))
 
 
 def _fit_ratio(im: Image.Image, fit: ImageFit, rules: _Rules, changes: list[str]) -> Image.Image:
@@ -314,7 +394,7 @@ def _fit_ratio(im: Image.Image, fit: ImageFit, rules: _Rules, changes: list[str]
             f"cropped the centre {nw}x{nh} out of {w}x{h} "
             f"(Kling needs a ratio between 1:{ratio:g} and {ratio:g}:1)"
         )
-        return im.crop((*box, box[0] + nw, box[1] + nh))
+        return _replaced(im, im.crop((*box, box[0] + nw, box[1] + nh)))
 
     def padded(w: int, h: int) -> tuple[int, int]:
         return (w, math.ceil(w / ratio)) if wide else (math.ceil(h / ratio), h)
@@ -322,12 +402,13 @@ def _fit_ratio(im: Image.Image, fit: ImageFit, rules: _Rules, changes: list[str]
     nw, nh = padded(w, h)
     if nw * nh > rules.max_pixels:  # a padded panorama can be huge; shrink it to bound memory
         scale = math.sqrt(rules.max_pixels / (nw * nh))
-        im = im.resize((max(1, int(w * scale)), max(1, int(h * scale))), Image.Resampling.LANCZOS)
+        im = _shrunk(im, (max(1, int(w * scale)), max(1, int(h * scale))))
         nw, nh = padded(*im.size)
     # Transparent bars keep a cut-out subject clean; opaque photos get neutral grey.
     fill = (0, 0, 0, 0) if im.mode == "RGBA" else (128, 128, 128)
     canvas = Image.new(im.mode, (nw, nh), fill)
     canvas.paste(im, ((nw - im.width) // 2, (nh - im.height) // 2))
+    im.close()
     changes.append(
         f"padded from {w}x{h} to {nw}x{nh} "
         f"(Kling needs a ratio between 1:{ratio:g} and {ratio:g}:1)"
@@ -355,7 +436,7 @@ def _encode(
             return png, "png", im
         flat = Image.new("RGB", im.size, (255, 255, 255))
         flat.paste(im, mask=im.getchannel("A"))
-        im = flat
+        im = _replaced(im, flat)
         changes.append(f"flattened transparency onto white to fit under {limit}")
     for quality in _JPEG_QUALITIES:
         out = _save(im, "JPEG", quality=quality)
@@ -374,7 +455,7 @@ def _encode(
             )
         # File size tracks pixel count, so aim straight for the limit, with a 10% margin.
         scale = max(math.sqrt(max_bytes / len(out)) * 0.9, min_side / min(w, h))
-        im = im.resize(_scaled_size(w, h, scale, rules), Image.Resampling.LANCZOS)
+        im = _shrunk(im, _scaled_size(w, h, scale, rules))
         out = _save(im, "JPEG", quality=_JPEG_QUALITIES[-1])
     changes.append(
         f"scaled down from {start[0]}x{start[1]} to {im.width}x{im.height} to fit under {limit}"
