@@ -8,7 +8,6 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from bot.tasks.results import DownloadError, ResultDownloader
@@ -69,17 +68,13 @@ def headers(length: int) -> bytes:
 
 
 def downloader(
-    session: aiohttp.ClientSession,
-    *,
-    max_bytes: int = 1 << 20,
-    timeout: float = 0.3,
-    attempts: int = 2,
+    server: RawServer, *, max_bytes: int = 1 << 20, timeout: float = 0.3, attempts: int = 2
 ) -> ResultDownloader:
+    """A downloader for which ``server`` is Kling's own (loopback) origin."""
     return ResultDownloader(
-        session,
         max_bytes=max_bytes,
         timeout=timeout,
-        allow_loopback=True,
+        trusted_origin=server.url,
         attempts=attempts,
         base_delay=0.01,
     )
@@ -90,9 +85,9 @@ async def test_a_server_stalling_mid_body_times_out_and_is_retried(tmp_path: Pat
         writer.write(headers(10_000) + b"x" * 1_000)  # a tenth of the file, then nothing
         await writer.drain()
 
-    async with RawServer(stall) as server, aiohttp.ClientSession() as session:
+    async with RawServer(stall) as server:
         with pytest.raises(DownloadError, match="timed out") as caught:
-            await downloader(session, attempts=2).download_all([server.url], tmp_path / "1")
+            await downloader(server, attempts=2).download_all([server.url], tmp_path / "1")
         assert not caught.value.final  # the tracker tries again later, too
         assert server.hits == 2  # retried here once
         assert list((tmp_path / "1").iterdir()) == []  # no partial file left
@@ -108,9 +103,9 @@ async def test_a_slow_transfer_that_keeps_moving_outlasts_the_timeout(tmp_path: 
             await writer.drain()
             await asyncio.sleep(0.1)
 
-    async with RawServer(trickle) as server, aiohttp.ClientSession() as session:
+    async with RawServer(trickle) as server:
         started = time.monotonic()
-        paths = await downloader(session).download_all([server.url], tmp_path / "2")
+        paths = await downloader(server).download_all([server.url], tmp_path / "2")
         assert time.monotonic() - started > 0.9
         assert paths[0].read_bytes() == b"y" * 1_000
         assert server.hits == 1
@@ -124,10 +119,10 @@ async def test_an_advertised_size_over_the_cap_is_refused_unread(tmp_path: Path)
         writer.write(headers(500 * 1024 * 1024))
         await writer.drain()
 
-    async with RawServer(huge) as server, aiohttp.ClientSession() as session:
+    async with RawServer(huge) as server:
         started = time.monotonic()
         with pytest.raises(DownloadError, match="larger than") as caught:
-            await downloader(session, max_bytes=4096, timeout=5).download_all(
+            await downloader(server, max_bytes=4096, timeout=5).download_all(
                 [server.url], tmp_path / "3"
             )
         assert time.monotonic() - started < 2.0

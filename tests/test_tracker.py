@@ -31,7 +31,7 @@ from bot.tasks.results import (
     DownloadError,
     ResultDownloader,
     download_results,
-    loopback_allowed,
+    kling_origin,
 )
 from bot.tasks.store import TaskStore, open_store
 from bot.tasks.tracker import Tracker
@@ -54,12 +54,9 @@ def origin(user_id: int = 1) -> Origin:
 class Harness:
     """A tracker with its own store, session and client, recording every event."""
 
-    def __init__(
-        self, settings: Settings, *, deliver: bool = True, allow_loopback: bool | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, *, deliver: bool = True) -> None:
         self.settings = settings
         self.deliver = deliver
-        self.allow_loopback = allow_loopback
         self.events: list[TaskEvent] = []
         self._changed = asyncio.Event()
         self.runner: web.AppRunner | None = None
@@ -74,7 +71,6 @@ class Harness:
             store=self.store,
             client=self.client,
             session=self.session,
-            allow_loopback=self.allow_loopback,
         )
         self.tracker.subscribe(self.on_event)
         if self.settings.public_base_url:
@@ -448,7 +444,9 @@ async def test_a_failed_kling_task_is_announced_with_kling_s_reason(
 async def test_plain_http_result_urls_are_refused_outside_the_simulator(
     simulator: KlingSimulator,
 ) -> None:
-    async with harness(settings_for(simulator), allow_loopback=False) as h:
+    # Kling named by another name than its result URLs use: results from elsewhere need https.
+    local_name = simulator.base_url.replace("127.0.0.1", "localhost")
+    async with harness(settings_for(simulator, kling_base_url=local_name)) as h:
         record = await h.submit()
         await h.wait_until(lambda: h.outcomes(EventType.FAILED) == [record.id])
         failed = next(e.task for e in h.events if e.type is EventType.FAILED)
@@ -492,23 +490,22 @@ async def test_downloads_retry_server_errors_and_cap_the_size(tmp_path: Path) ->
     await web.TCPSite(runner, "127.0.0.1", port).start()
     base = f"http://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession() as session:
-            downloader = ResultDownloader(
-                session, max_bytes=4096, timeout=5, allow_loopback=True, base_delay=0.01
-            )
-            paths = await downloader.download_all([f"{base}/flaky"], tmp_path / "7")
-            assert paths == [tmp_path / "7" / "0.png"]  # extension from the content type
-            assert hits["flaky"] == 3
-            assert paths[0].read_bytes() == png
-            with pytest.raises(DownloadError, match="larger than"):
-                await download_results(
-                    session, [f"{base}/huge.mp4"], tmp_path / "8", max_bytes=4096, timeout=5,
-                    allow_loopback=True,
-                )  # fmt: skip
-            assert hits["huge"] == 1
-            assert list((tmp_path / "8").iterdir()) == []  # no partial file left
-            with pytest.raises(DownloadError, match="only https"):
-                ResultDownloader(session, max_bytes=4096, timeout=5).check_url(f"{base}/flaky")
+        downloader = ResultDownloader(
+            max_bytes=4096, timeout=5, trusted_origin=base, base_delay=0.01
+        )
+        paths = await downloader.download_all([f"{base}/flaky"], tmp_path / "7")
+        assert paths == [tmp_path / "7" / "0.png"]  # extension from the content type
+        assert hits["flaky"] == 3
+        assert paths[0].read_bytes() == png
+        with pytest.raises(DownloadError, match="larger than"):
+            await download_results(
+                [f"{base}/huge.mp4"], tmp_path / "8", max_bytes=4096, timeout=5,
+                trusted_origin=base,
+            )  # fmt: skip
+        assert hits["huge"] == 1
+        assert list((tmp_path / "8").iterdir()) == []  # no partial file left
+        with pytest.raises(DownloadError, match="only https"):
+            ResultDownloader(max_bytes=4096, timeout=5).check_url(f"{base}/flaky")
     finally:
         await runner.cleanup()
 
@@ -683,13 +680,11 @@ async def test_invalid_parameters_are_refused_before_anything_is_stored(
         assert simulator.calls["create_image"] + simulator.calls["create_video"] == 0
 
 
-def test_plain_http_results_are_allowed_only_when_kling_itself_is_local(
+def test_results_are_trusted_from_klings_own_configured_origin(
     simulator: KlingSimulator,
 ) -> None:
-    assert loopback_allowed(settings_for(simulator))  # the simulator provider
+    assert kling_origin(settings_for(simulator)) == simulator.base_url
     local_official = settings_for(simulator, kling_provider="official")  # base URL on loopback
-    assert loopback_allowed(local_official)
-    remote = settings_for(
-        simulator, kling_provider="official", kling_base_url="https://api-singapore.klingai.com"
-    )
-    assert not loopback_allowed(remote)
+    assert kling_origin(local_official) == simulator.base_url
+    default = settings_for(simulator, kling_provider="official", kling_base_url=None)
+    assert kling_origin(default) == "https://api-singapore.klingai.com"

@@ -70,11 +70,11 @@ def _cdn_outage(h: Harness) -> dict[str, Any]:
     real = h.tracker.downloader._download_once
     state: dict[str, Any] = {"down": True, "failures": 0}
 
-    async def flaky(url: str, index: int, directory: Path) -> Path:
+    async def flaky(session: aiohttp.ClientSession, url: str, index: int, directory: Path) -> Path:
         if state["down"]:
             state["failures"] += 1
             raise aiohttp.ClientConnectionError("connection refused")
-        return await real(url, index, directory)
+        return await real(session, url, index, directory)
 
     h.tracker.downloader._download_once = flaky  # type: ignore[method-assign]
     h.tracker.downloader._attempts = 1  # no in-call retries: each poll is one attempt
@@ -322,19 +322,18 @@ async def test_result_redirects_are_followed_by_hand_and_checked(tmp_path: Path)
     await web.TCPSite(runner, "127.0.0.1", port).start()
     base = f"http://127.0.0.1:{port}/r"
     try:
-        async with aiohttp.ClientSession() as session:
-            downloader = ResultDownloader(
-                session, max_bytes=1 << 20, timeout=1, allow_loopback=True, base_delay=0.01
-            )
-            paths = await downloader.download_all([f"{base}/relative"], tmp_path / "1")
-            assert paths[0].read_bytes() == png and hits["ok.png"] == 1
-            for name in ("private", "plain"):
-                with pytest.raises(DownloadError, match="refuses") as caught:
-                    await downloader.download_all([f"{base}/{name}"], tmp_path / name)
-                assert caught.value.final
-            with pytest.raises(DownloadError, match="redirected more than 5"):
-                await downloader.download_all([f"{base}/loop"], tmp_path / "loop")
-            assert hits["loop"] == 6
+        downloader = ResultDownloader(
+            max_bytes=1 << 20, timeout=1, trusted_origin=base, base_delay=0.01
+        )
+        paths = await downloader.download_all([f"{base}/relative"], tmp_path / "1")
+        assert paths[0].read_bytes() == png and hits["ok.png"] == 1
+        for name in ("private", "plain"):
+            with pytest.raises(DownloadError, match="refuses") as caught:
+                await downloader.download_all([f"{base}/{name}"], tmp_path / name)
+            assert caught.value.final
+        with pytest.raises(DownloadError, match="redirected more than 5"):
+            await downloader.download_all([f"{base}/loop"], tmp_path / "loop")
+        assert hits["loop"] == 6
         with pytest.raises(DownloadError, match="private"):
             downloader.check_url("https://192.168.1.1/x.png")
     finally:

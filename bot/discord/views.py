@@ -7,6 +7,10 @@ restarts without keeping views in memory. They are registered in ``KlingBot.setu
 The Animate modal's submissions are handled the same way: ``on_animate_modal_submit`` (an
 ``on_interaction`` listener) reads the task id from the modal's ``custom_id`` and the fields
 from the interaction, so a modal a member opened before a restart still works after it.
+
+A ``custom_id`` names only the task, and can reach the bot from any server it is in: every
+button and the modal act on a task only in the server it was made in, and Again and Animate
+only for its owner or a moderator of that server.
 """
 
 from __future__ import annotations
@@ -42,22 +46,41 @@ async def _load_task(interaction: discord.Interaction[KlingBot], task_id: int) -
     return task
 
 
+def _require_task_server(interaction: discord.Interaction[KlingBot], task: TaskRecord) -> None:
+    """Rights in another server (its moderators, its rules) say nothing about this task."""
+    if interaction.guild_id != task.guild_id:
+        raise Refused(
+            f"{task.short_ref} was made in another server, so its buttons only work there. "
+            "Run `/kling` here to make something new."
+        )
+
+
 async def _require_generation_rights(
     interaction: discord.Interaction[KlingBot], task: TaskRecord
 ) -> None:
-    """Again and Animate start paid work: the guild's rules and the bot's permissions apply."""
+    """Again and Animate start paid work: only in the task's server, by its owner or a
+    moderator of that server; the guild's rules and the bot's permissions apply."""
     if interaction.guild_id is None:
         # A result sent by direct message: no channel, moderators or limits of the guild here.
         raise Refused(
             "This button only works on the result posted in the server: use it there, or run "
             "`/kling` in the server again."
         )
+    _require_task_server(interaction, task)
     require_channel_permissions(interaction)
     if interaction.user.id == task.user_id:
         return
     config = await guild_config(interaction.client, interaction.guild_id)
     if not is_moderator(interaction, config):
         raise Refused("Only the member who asked for this, or a moderator, can use this button.")
+
+
+def _require_viewing_rights(interaction: discord.Interaction[KlingBot], task: TaskRecord) -> None:
+    """Details: anyone in the task's server, where its result is posted; elsewhere only its
+    owner, in the direct message a result is sent as when its channel cannot take it."""
+    if interaction.guild_id is None and interaction.user.id == task.user_id:
+        return
+    _require_task_server(interaction, task)
 
 
 async def _report(interaction: discord.Interaction[KlingBot], exc: Exception, what: str) -> None:
@@ -182,6 +205,7 @@ class DetailsButton(
     async def callback(self, interaction: discord.Interaction[KlingBot]) -> None:  # type: ignore[override]
         try:
             task = await _load_task(interaction, self.task_id)
+            _require_viewing_rights(interaction, task)
             await reply(interaction, embed=embeds.details_embed(task))
         except Exception as exc:
             await _report(interaction, exc, f"Details on task {self.task_id}")

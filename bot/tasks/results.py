@@ -5,6 +5,13 @@ succeeds. Each download is streamed to a temporary file, capped in size and time
 into place only when complete. 5xx answers, network errors and stalls are retried with backoff;
 a 403 or 404 means the file is gone, which no retry fixes.
 
+Only public addresses are fetched from, so a forged or tampered answer cannot make the bot probe
+its own network: https only, literal IPs checked on every hop (redirects are followed here), and
+names checked on the addresses they resolve to, inside the connector's resolver, so the address
+checked is the address connected to. The one exception is Kling's own configured origin
+(``KLING_BASE_URL``: the simulator, a local gateway), which the bot already trusts with its keys.
+A refusal is final and its message names no address: the details go to the log.
+
 Time is capped per step, not per transfer: ``timeout`` bounds connecting and each wait for the
 next bytes (a stalled server), so a 200 MB video on a slow but moving link still arrives. Only a
 generous overall cap (``MAX_TRANSFER_SECONDS``) stops a trickle that never ends.
@@ -13,16 +20,20 @@ generous overall cap (``MAX_TRANSFER_SECONDS``) stops a trickle that never ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
 import random
+import socket
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 
 from bot.config import Settings
 
@@ -36,13 +47,22 @@ _CONTENT_TYPES = {
     "video/mp4": "mp4",
     "image/webp": "webp",
 }
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _GONE = frozenset({401, 403, 404, 410})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
 # One file's whole transfer, however steadily it moves: 200 MB at about 1 Mbit/s.
 MAX_TRANSFER_SECONDS = 1800.0
+REFUSED_ADDRESS = (
+    "Kling's result link points to a private or local network address, which the bot refuses"
+    " to fetch from, so the result files were not downloaded. The bot's operator can find the"
+    " details in its log."
+)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Origin = tuple[str, str, int]  # scheme, host, port
 
 
 class DownloadError(Exception):
@@ -68,22 +88,27 @@ class ResultsRefused(DownloadError):
 
 
 class ResultDownloader:
-    """Fetches result URLs into a directory as ``<index>.<ext>``, one file after another."""
+    """Fetches result URLs into a directory as ``<index>.<ext>``, one file after another.
+
+    ``trusted_origin``: Kling's configured base URL; its scheme, host and port are fetched from
+    even when plain http or private. ``resolver`` answers host names (aiohttp's default one
+    when None); only the public addresses in its answers are connected to.
+    """
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
         *,
         max_bytes: int,
         timeout: float,
-        allow_loopback: bool = False,
+        trusted_origin: str | None = None,
+        resolver: AbstractResolver | None = None,
         attempts: int = 4,
         base_delay: float = 0.5,
     ) -> None:
-        self._session = session
         self._max_bytes = max_bytes
         self._timeout = transfer_timeout(timeout)
-        self._allow_loopback = allow_loopback
+        self._trusted = origin_of(trusted_origin) if trusted_origin else None
+        self._resolver = resolver
         self._attempts = attempts
         self._base_delay = base_delay
 
@@ -94,35 +119,61 @@ class ResultDownloader:
         for url in urls:
             self.check_url(url)
         await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
-        return [await self._download(url, index, directory) for index, url in enumerate(urls)]
+        async with self._session() as session:
+            return [
+                await self._download(session, url, index, directory)
+                for index, url in enumerate(urls)
+            ]
 
     def check_url(self, url: str) -> None:
-        """Only https, and no literal private address, so a forged or tampered answer (or a
-        redirect) cannot point us at the local network. Checked again on every redirect hop."""
-        parts = urlsplit(url)
-        host = parts.hostname
-        if self._allow_loopback and host in _LOOPBACK_HOSTS and parts.scheme in ("http", "https"):
+        """Only https, and no literal non-public address, unless it is Kling's own origin.
+        Checked again on every redirect hop; names are checked by the resolver."""
+        origin = origin_of(url)
+        if origin is not None and origin == self._trusted:
             return
-        if parts.scheme == "https" and host:
-            if _is_private_address(host):
-                raise ResultsRefused(
-                    "Kling sent a result address the bot refuses to fetch (a private network"
-                    " address)."
-                )
-            return
-        raise ResultsRefused(
-            f"Kling sent a result address the bot refuses to fetch ({parts.scheme or 'no'}"
-            " scheme; only https is allowed)."
-        )
+        scheme = urlsplit(url).scheme
+        if scheme != "https":
+            raise ResultsRefused(
+                f"Kling sent a result address the bot refuses to fetch ({scheme or 'no'}"
+                " scheme; only https is allowed)."
+            )
+        if origin is None:
+            raise ResultsRefused("Kling sent a result address that is not a valid web address.")
+        # Kling's host and port under another scheme: the resolver, seeing only host and port,
+        # would let it through.
+        other_scheme = self._trusted is not None and origin[1:] == self._trusted[1:]
+        if other_scheme or not _literal_may_be_public(origin[1]):
+            log.warning("result URL refused: %s://%s:%d is not a public address", *origin)
+            raise ResultsRefused(REFUSED_ADDRESS)
 
-    async def _download(self, url: str, index: int, directory: Path) -> Path:
+    @contextlib.asynccontextmanager
+    async def _session(self) -> AsyncIterator[aiohttp.ClientSession]:
+        """A session of its own, whose connector connects only to checked addresses. No
+        proxy from the environment (trust_env is off): a proxy would resolve names itself."""
+        names = self._resolver or DefaultResolver()
+        trusted = self._trusted[1:] if self._trusted else None
+        connector = aiohttp.TCPConnector(resolver=PublicAddressResolver(names, trusted=trusted))
+        try:
+            async with aiohttp.ClientSession(connector=connector) as session:
+                yield session
+        finally:
+            if self._resolver is None:
+                await names.close()
+
+    async def _download(
+        self, session: aiohttp.ClientSession, url: str, index: int, directory: Path
+    ) -> Path:
         failures = 0
         while True:
             try:
-                return await self._download_once(url, index, directory)
+                return await self._download_once(session, url, index, directory)
             except (ResultsGone, _TooBig):
                 raise
             except (aiohttp.ClientError, TimeoutError, _Retryable) as exc:
+                if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
+                    exc.os_error, AddressRefused
+                ):
+                    raise ResultsRefused(REFUSED_ADDRESS) from exc  # logged by the resolver
                 failures += 1
                 if failures >= self._attempts:
                     log.warning("%s result %d: giving up after %d attempts: %r",
@@ -131,16 +182,18 @@ class ResultDownloader:
                         f"The bot could not download Kling's result files ({_describe(exc)})."
                     ) from exc
                 delay = random.uniform(0.5, 1.0) * self._base_delay * 2 ** (failures - 1)
-                log.info("%s result %d: attempt %d failed (%s), retrying in %.2fs",
-                         directory, index, failures, _describe(exc), delay)  # fmt: skip
+                log.info("%s result %d: attempt %d failed (%r), retrying in %.2fs",
+                         directory, index, failures, exc, delay)  # fmt: skip
                 await asyncio.sleep(delay)
 
-    async def _download_once(self, url: str, index: int, directory: Path) -> Path:
+    async def _download_once(
+        self, session: aiohttp.ClientSession, url: str, index: int, directory: Path
+    ) -> Path:
         started = time.monotonic()
         current = url
         # Redirects are followed here, not by aiohttp, so that every hop is checked.
         for _ in range(MAX_REDIRECTS + 1):
-            async with self._session.get(
+            async with session.get(
                 current, timeout=self._timeout, allow_redirects=False
             ) as response:
                 if response.status in _REDIRECTS:
@@ -216,29 +269,60 @@ def transfer_timeout(stall_seconds: float) -> aiohttp.ClientTimeout:
     )
 
 
-def loopback_allowed(settings: Settings) -> bool:
-    """Plain http to loopback only when Kling itself is local: the simulator (any flavour
-    pointed at a loopback base URL). Real Kling serves results over https."""
-    if settings.simulated:
-        return True
-    base = settings.kling_base_url or settings.flavour.default_base_url or ""
-    return urlsplit(base).hostname in _LOOPBACK_HOSTS
+def kling_origin(settings: Settings) -> str | None:
+    """Kling's configured base URL, whose origin results may come from even when it is local
+    (the simulator, a gateway on the operator's network). Real Kling serves https."""
+    return settings.kling_base_url or settings.flavour.default_base_url
 
 
 async def download_results(
-    session: aiohttp.ClientSession,
     urls: Sequence[str],
     out_dir: Path,
     *,
     max_bytes: int,
     timeout: float,  # noqa: ASYNC109 - the per-step stall timeout, the name the CLI uses
-    allow_loopback: bool = False,
+    trusted_origin: str | None = None,
 ) -> list[Path]:
     """One-shot download (the CLI): ``out_dir/<index>.<ext>`` for each URL."""
     downloader = ResultDownloader(
-        session, max_bytes=max_bytes, timeout=timeout, allow_loopback=allow_loopback
+        max_bytes=max_bytes, timeout=timeout, trusted_origin=trusted_origin
     )
     return await downloader.download_all(urls, Path(out_dir))
+
+
+class AddressRefused(OSError):
+    """A host name resolved only to addresses the bot does not fetch from."""
+
+
+class PublicAddressResolver(AbstractResolver):
+    """Wraps a resolver and answers only the public addresses among its answers; refuses a
+    name with none. ``trusted`` (host, port) is answered unfiltered: Kling's own origin.
+
+    The connector connects to exactly what this returns, so a second DNS answer cannot slip a
+    private address in between the check and the connection.
+    """
+
+    def __init__(self, resolver: AbstractResolver, *, trusted: tuple[str, int] | None = None):
+        self._resolver = resolver
+        self._trusted = trusted
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        answers = await self._resolver.resolve(host, port, family)
+        if self._trusted == (host.lower(), port):
+            return answers
+        public = [answer for answer in answers if _is_public_text(answer["host"])]
+        if len(public) < len(answers):
+            refused = sorted({a["host"] for a in answers} - {a["host"] for a in public})
+            log.warning("result host %s:%d resolves to %s: not fetching from those",
+                        host, port, ", ".join(refused))  # fmt: skip
+        if not public:
+            raise AddressRefused(f"{host} resolves to no public address")
+        return public
+
+    async def close(self) -> None:
+        await self._resolver.close()
 
 
 class _Retryable(Exception):
@@ -249,13 +333,49 @@ class _TooBig(DownloadError):
     final = True
 
 
-def _is_private_address(host: str) -> bool:
-    """A literal IP address outside the public internet (names are not resolved here)."""
+def origin_of(url: str) -> Origin | None:
+    """(scheme, host, port) of an http(s) URL, the port filled in; None for anything else."""
+    parts = urlsplit(url)
     try:
-        address = ipaddress.ip_address(host.strip("[]"))
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:  # a port out of range
+        return None
+    if port is None or not parts.hostname:
+        return None
+    return parts.scheme, parts.hostname, port
+
+
+def is_public_address(address: IPAddress) -> bool:
+    """On the public internet: not loopback, private, link-local, multicast, unspecified or
+    reserved, nor an IPv6 form carrying such an IPv4 address (mapped, 6to4, Teredo, NAT64)."""
+    return all(a.is_global and not a.is_multicast for a in _with_embedded(address))
+
+
+def _with_embedded(address: IPAddress) -> list[IPAddress]:
+    found: list[IPAddress] = [address]
+    if isinstance(address, ipaddress.IPv6Address):
+        found += [a for a in (address.ipv4_mapped, address.sixtofour) if a is not None]
+        found += address.teredo or ()
+        if address in _NAT64:
+            found.append(ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF))
+    return found
+
+
+def _is_public_text(text: str) -> bool:
+    try:
+        return is_public_address(ipaddress.ip_address(text))
     except ValueError:
-        return False
-    return not address.is_global
+        return False  # not an address we can judge: not connected to
+
+
+def _literal_may_be_public(host: str) -> bool:
+    """False for a literal IP address off the public internet, and for what looks like one but
+    is not canonical (``127.1``, ``2130706433``: sockets still map those somewhere). True for a
+    name: the resolver judges the addresses it resolves to."""
+    try:
+        return is_public_address(ipaddress.ip_address(host))
+    except ValueError:
+        return not (":" in host or host.replace(".", "").isdigit())
 
 
 def extension_for(url: str, content_type: str | None) -> str:
@@ -271,6 +391,9 @@ def extension_for(url: str, content_type: str | None) -> str:
 
 
 def _describe(exc: BaseException) -> str:
+    """For members: never aiohttp's own text, which names hosts and ports (the log has it)."""
     if isinstance(exc, TimeoutError):
         return "timed out"
-    return str(exc) or type(exc).__name__
+    if isinstance(exc, _Retryable):
+        return str(exc)  # "HTTP 503"
+    return "the connection failed"

@@ -52,7 +52,7 @@ from bot.tasks.models import (
     TaskState,
 )
 from bot.tasks.poller import Poller, PollSchedule
-from bot.tasks.results import DownloadError, ResultDownloader, loopback_allowed
+from bot.tasks.results import DownloadError, ResultDownloader, kling_origin
 from bot.tasks.store import TaskStore
 from bot.tasks.webhook import callback_token, callback_url, create_webhook_app
 
@@ -85,7 +85,6 @@ class Tracker:
         client: KlingClient,
         session: aiohttp.ClientSession,
         clock: Callable[[], float] = time.time,
-        allow_loopback: bool | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -95,13 +94,10 @@ class Tracker:
         self.health_checks: list[Callable[[], tuple[str, bool]]] = []
         self._clock = clock
         self._hook_call_metrics(client)
-        if allow_loopback is None:
-            allow_loopback = loopback_allowed(settings)
         self.downloader = ResultDownloader(
-            session,
             max_bytes=settings.download_max_bytes,
             timeout=settings.download_timeout,
-            allow_loopback=allow_loopback,
+            trusted_origin=kling_origin(settings),
         )
         self.admission = Admission(
             client=client,
