@@ -18,6 +18,8 @@ from bot.kling.providers import Flavour, ProviderName, flavour_for
 SIMULATOR_ACCESS_KEY = "simulator-access-key"
 # Public, fixed keys: the built-in simulator is local and guards nothing.
 SIMULATOR_SECRET_KEY = "simulator-secret-key-for-local-use-only"
+# The callback tokens are an HMAC under WEBHOOK_SECRET: a short key can be guessed offline.
+WEBHOOK_SECRET_MIN_CHARS = 32
 
 
 class ConfigError(Exception):
@@ -105,6 +107,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 "must be a full URL starting with https:// (or http:// for a local server), "
                 "e.g. https://api-singapore.klingai.com"
+            )
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        length = len(value.get_secret_value().strip()) if value is not None else 0
+        if 0 < length < WEBHOOK_SECRET_MIN_CHARS:
+            # The length, never the value: this line goes to the terminal and the log.
+            raise ValueError(
+                f"must be at least {WEBHOOK_SECRET_MIN_CHARS} characters long (it has {length}):"
+                " set it to a long random string, e.g. the output of `openssl rand -hex 32`"
             )
         return value
 

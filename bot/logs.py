@@ -32,10 +32,13 @@ _VALUE_CHAR = r"""[^\s'"/?#&,;)}\]]"""
 _SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(rf"(/(?:webhooks|interactions)/\d+/){_VALUE_CHAR}+"), rf"\g<1>{MASK}"),
     (re.compile(rf"(/kling/callback/){_VALUE_CHAR}+"), rf"\g<1>{MASK}"),
-    # Field names ending in token/secret/_key/password, then : or =, maybe quoted or wrapped.
+    # Field names ending in token/secret/_key/password, then the value, maybe quoted or wrapped.
     (
         re.compile(
-            r"""(\b\w*(?:token|secret|_key|password)['"]?\s*[:=]\s*(?:SecretStr\()?['"]?)"""
+            r"""(\b\w*(?:token|secret|_key|password)"""
+            # A quoted name ('token': ...), an assignment (token=...), or name:value with no
+            # space: "WEBHOOK_SECRET: must be ..." (a sentence naming the setting) stays readable.
+            r"""(?:['"]\s*[:=]\s*|\s*=\s*|:)(?:SecretStr\()?['"]?)"""
             rf"{_VALUE_CHAR}+",
             re.IGNORECASE,
         ),

@@ -126,6 +126,26 @@ def test_public_url_without_webhook_secret_is_refused(monkeypatch: pytest.Monkey
         load_settings()
 
 
+@pytest.mark.parametrize("secret", ["hunter2", "x" * 31, " " * 40 + "short"])
+def test_short_webhook_secret_stops_the_start_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, secret: str
+) -> None:
+    monkeypatch.setenv("WEBHOOK_SECRET", secret)
+    with pytest.raises(ConfigError, match=r"^WEBHOOK_SECRET: .*at least 32 characters") as raised:
+        load_settings()
+    message = str(raised.value)
+    assert "\n" not in message
+    assert secret.strip() not in message  # never echoed
+
+
+def test_webhook_secret_of_32_characters_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PUBLIC_BASE_URL", "https://bot.example.com")
+    monkeypatch.setenv("WEBHOOK_SECRET", "0123456789abcdef" * 2)
+    settings = load_settings()
+    assert settings.webhook_secret is not None
+    assert len(settings.webhook_secret.get_secret_value()) == 32
+
+
 def test_missing_discord_token_is_one_line() -> None:
     with pytest.raises(ConfigError, match=r"^DISCORD_TOKEN is not set"):
         load_settings().require_discord_token()
@@ -152,7 +172,7 @@ def test_secrets_never_appear_in_repr_or_logs(caplog: pytest.LogCaptureFixture) 
         "kling_access_key": "access-secret-456",
         "kling_secret_key": "signing-secret-789",
         "kling_api_key": "gateway-key-321",
-        "webhook_secret": "hook-secret-000",
+        "webhook_secret": "hook-secret-000-0123456789abcdef-000",
     }
     settings = load_settings(**secrets)
     caplog.set_level(logging.DEBUG)

@@ -197,6 +197,15 @@ def test_filter_masks_configured_values_in_messages_and_exceptions(
     assert "a short word" in stream.getvalue()
 
 
+def test_a_sentence_naming_a_secret_setting_stays_readable(
+    masked_log: tuple[logging.Logger, io.StringIO, Any],
+) -> None:
+    """A configuration error names the setting; only its value would be a secret."""
+    logger, stream, _ = masked_log
+    logger.error("WEBHOOK_SECRET: must be at least 32 characters long (it has 3)")
+    assert "WEBHOOK_SECRET: must be at least 32 characters long" in stream.getvalue()
+
+
 def test_filter_does_not_raise_on_a_broken_format(
     masked_log: tuple[logging.Logger, io.StringIO, Any],
 ) -> None:

@@ -35,6 +35,7 @@ from bot.tasks.results import (
 )
 from bot.tasks.store import TaskStore, open_store
 from bot.tasks.tracker import Tracker
+from bot.tasks.webhook import start_listener
 from tests.conftest import make_png, settings_for
 
 WAIT = 10.0  # generous upper bound; every wait returns as soon as its condition holds
@@ -75,9 +76,7 @@ class Harness:
         self.tracker.subscribe(self.on_event)
         if self.settings.public_base_url:
             port = int(self.settings.public_base_url.rsplit(":", 1)[1])
-            self.runner = web.AppRunner(self.tracker.webhook_app(), access_log=None)
-            await self.runner.setup()
-            await web.TCPSite(self.runner, "127.0.0.1", port).start()
+            self.runner = await start_listener(self.tracker.webhook_app(), "127.0.0.1", port)
         if start:
             await self.tracker.start()
         return self

@@ -1,8 +1,9 @@
 """Webhook fuzz: hostile input at the callback listener changes nothing and breaks nothing.
 
-The listener (``tracker.webhook_app()``) runs on loopback in a thread of its own with a real
-SQLite store and a tracker whose loops are not started, holding one task in each interesting
-state (queued, submitted, processing, delivered). Hypothesis throws at it, over raw sockets:
+The listener (``tracker.webhook_app()`` served by ``start_listener``, its timeouts shortened)
+runs on loopback in a thread of its own with a real SQLite store and a tracker whose loops are
+not started, holding one task in each interesting state (queued, submitted, processing,
+delivered). Hypothesis throws at it, over raw sockets:
 
 * tokens: random text, unicode, near-misses of the real tokens (one character changed, cut,
   extended, case-flipped), path traversal (``../``, ``%2e%2e%2f``, NUL, backslashes) and the
@@ -10,16 +11,23 @@ state (queued, submitted, processing, delivered). Hypothesis throws at it, over 
 * bodies: random JSON, random bytes, deep nesting, huge numbers, wrong types in task fields,
   the valid task objects of other tasks, stale statuses of the right task;
 * headers: content types, bogus, duplicated, negative or missing ``Content-Length``, chunked
-  bodies; sizes up to and over ``WEBHOOK_MAX_BODY``.
+  bodies; sizes up to and over ``WEBHOOK_MAX_BODY``;
+* compressed bodies: a task's own news gzipped or deflated, gzip bombs, noise, plain JSON, each
+  under a ``Content-Encoding`` (gzip, br, zstd, lists...);
+* slow and half-open clients: a task's own news cut short in the head or the body, sent at
+  once, trickled, or followed by a half-close.
 
 Properties: a forged or mismatched request never changes state (the tasks' rows, the
 tracker's in-memory state, Kling calls), never gets a 2xx that accepts it, never a 5xx; the
 server stays up (``/healthz`` answers after every example); nothing is logged at ERROR. Then
-the positive control: only a real token with its task's body changes state. And memory: many
+the positive control: only a real token with its task's body changes state. A compressed body
+is refused (415) even when it is the task's own news; a request cut short is never taken, and
+the server lets its client go within the timeouts (408 when the body stopped). And memory: many
 hostile requests later, traced memory has not grown beyond a small bound.
 
-Parameters (environment): ``FUZZ_EXAMPLES`` (default 150 per property), ``FUZZ_MEMORY_REQUESTS``
-(default 1500). Hypothesis is derandomized: the same examples every run.
+Parameters (environment): ``FUZZ_EXAMPLES`` (default 150 per property), ``FUZZ_SLOW_EXAMPLES``
+(default 30, for the property that waits for timeouts), ``FUZZ_MEMORY_REQUESTS`` (default
+1500). Hypothesis is derandomized: the same examples every run.
 """
 
 from __future__ import annotations
@@ -33,7 +41,9 @@ import os
 import random
 import socket
 import threading
+import time
 import tracemalloc
+import zlib
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +52,6 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
-from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -53,16 +62,19 @@ from bot.kling.simulator import KlingSimulator, SimulatorConfig
 from bot.tasks.models import Origin, TaskRecord, TaskState
 from bot.tasks.store import open_store
 from bot.tasks.tracker import Tracker
-from bot.tasks.webhook import CALLBACK_PATH, callback_token
+from bot.tasks.webhook import CALLBACK_PATH, ListenerLimits, callback_token, start_listener
 from tests.conftest import settings_for
 
 pytestmark = pytest.mark.slow
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
+SLOW_EXAMPLES = int(os.environ.get("FUZZ_SLOW_EXAMPLES", "30"))  # each waits for a timeout
 MEMORY_REQUESTS = int(os.environ.get("FUZZ_MEMORY_REQUESTS", "1500"))
 MAX_BODY = 8192
 SECRET = "fuzz-webhook-secret-0123456789abcdef"
 MEMORY_BOUND = 1024 * 1024  # bytes of traced growth allowed over MEMORY_REQUESTS requests
+# The production limits, shortened so that slow examples take a fraction of a second.
+LIMITS = ListenerLimits(head_timeout=0.5, body_timeout=0.5, linger=0.2)
 
 FUZZ = settings(
     max_examples=EXAMPLES,
@@ -71,6 +83,7 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
+SLOW = settings(FUZZ, max_examples=SLOW_EXAMPLES)
 
 
 # --- the listener, in a thread of its own ------------------------------------------------------
@@ -155,9 +168,7 @@ class Listener:
         )
         for state in ("queued", "submitted", "processing", "delivered"):
             self.tasks[state] = await self._task(state)
-        self.runner = web.AppRunner(self.tracker.webhook_app(), access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        self.runner = await start_listener(self.tracker.webhook_app(), "127.0.0.1", 0, LIMITS)
         self.port = self.runner.addresses[0][1]
 
     async def _task(self, state: str) -> TaskRecord:
@@ -238,7 +249,7 @@ def listener(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Listener]:
 
 
 RESET = -1  # the server answered and closed before reading everything sent: the kernel reset
-HUNG_UP = -2  # the server waited for more body than was sent, until the client gave up
+HUNG_UP = -2  # the server waited for more than was sent, until the client gave up (a failure)
 PATIENCE = 1.0  # seconds to wait for an answer before hanging up (a real client would too)
 
 
@@ -248,7 +259,7 @@ def raw_request(port: int, data: bytes) -> tuple[int, bytes]:
     Status 0: closed without a word. ``RESET``: the connection was reset because the server
     stopped reading early (a 413 before the body, a request line too long), which on Linux
     discards the answer it had sent. ``HUNG_UP``: no answer within PATIENCE, so the client
-    closed its side (the server was waiting for a body that the headers promised)."""
+    closed its side (the server was still waiting, longer than its timeouts allow)."""
     status_override = 0
     with socket.create_connection(("127.0.0.1", port), timeout=PATIENCE) as sock:
         try:
@@ -273,16 +284,55 @@ def raw_request(port: int, data: bytes) -> tuple[int, bytes]:
                 break
             chunks.append(chunk)
     answer = b"".join(chunks)
+    return (final_status(answer) or status_override), answer
+
+
+def final_status(answer: bytes) -> int:
+    """The status of the final answer, past interim ones (100 Continue); 0 if there is none."""
     status, rest = 0, answer
-    while rest:  # skip interim answers (100 Continue) to the final one
+    while rest:
         head = rest.split(b"\r\n", 1)[0].split()
         status = int(head[1]) if len(head) >= 2 and head[1].isdigit() else 0
         if not 100 <= status < 200 or b"\r\n\r\n" not in rest:
             break
         rest = rest.split(b"\r\n\r\n", 1)[1]
-    if 100 <= status < 200:
-        status = 0  # only an interim answer: no final one came
-    return (status or status_override), answer
+    return 0 if 100 <= status < 200 else status
+
+
+# The latest the server may close a client that stopped mid-request: head, body, lingering.
+LET_GO = LIMITS.head_timeout + LIMITS.body_timeout + LIMITS.linger + 1.0
+
+
+def partial_request(port: int, data: bytes, how: str) -> bytes:
+    """Send ``data``, part of a request, then wait for the server to close the connection.
+
+    ``how``: "stall" sends it at once, "trickle" in three pieces a little apart, "half-close"
+    at once and then shuts the client's side (a half-open connection). Returns what the server
+    answered before closing; fails if it kept the connection open beyond ``LET_GO``."""
+    deadline = time.monotonic() + LET_GO
+    chunks = []
+    with socket.create_connection(("127.0.0.1", port), timeout=LET_GO) as sock:
+        if how == "trickle":
+            step = max(1, len(data) // 3)
+            for i in range(0, len(data), step):
+                sock.sendall(data[i : i + step])
+                time.sleep(0.05)
+        else:
+            sock.sendall(data)
+        if how == "half-close":
+            sock.shutdown(socket.SHUT_WR)
+        while True:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            except TimeoutError:
+                raise AssertionError(f"a {how} client was kept open over {LET_GO} s") from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def build(
@@ -453,6 +503,35 @@ def forged_tokens(draw: st.DrawFn, real: list[str]) -> bytes:
     return path.encode("utf-8", "surrogatepass")
 
 
+def gzip_bomb(inflated_mib: int) -> bytes:
+    """``inflated_mib`` MiB of zeros, gzipped: about 1 KiB per MiB."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # 16+: the gzip wrapper
+    zeros = bytes(1024 * 1024)
+    return b"".join(packer.compress(zeros) for _ in range(inflated_mib)) + packer.flush()
+
+
+BOMB = gzip_bomb(5)  # 5 MiB of zeros in about 5 KiB: under MAX_BODY, so its head is taken
+ENCODINGS = [
+    "gzip", "GZIP", "x-gzip", "deflate", "br", "zstd", "compress", "gzip, identity",
+    "identity, gzip", "identity,deflate", "aes128gcm",
+]  # fmt: skip
+
+
+@st.composite
+def compressed(draw: st.DrawFn, plain: bytes) -> tuple[bytes, str]:
+    """(body, Content-Encoding): ``plain`` packed as declared, a bomb, noise, or not packed."""
+    encoding = draw(st.sampled_from(ENCODINGS))
+    kind = draw(st.sampled_from(["packed", "bomb", "noise", "plain"]))
+    if kind == "packed":
+        packer = zlib.compressobj(wbits=31 if "gzip" in encoding.lower() else 15)
+        return packer.compress(plain) + packer.flush(), encoding
+    if kind == "bomb":
+        return BOMB, encoding
+    if kind == "noise":
+        return draw(st.binary(min_size=1, max_size=512)), encoding
+    return plain, encoding
+
+
 headers = st.fixed_dictionaries(
     {
         "content_type": st.sampled_from(CONTENT_TYPES),
@@ -462,7 +541,7 @@ headers = st.fixed_dictionaries(
     }
 )
 
-NOT_ACCEPTED = frozenset({RESET, 400, 404, 405, 411, 413, 414, 417, 431})
+NOT_ACCEPTED = frozenset({RESET, 400, 404, 405, 408, 411, 413, 414, 415, 417, 431})
 
 
 def promised_more(hdrs: dict[str, Any], body: bytes) -> bool:
@@ -475,6 +554,10 @@ def promised_more(hdrs: dict[str, Any], body: bytes) -> bool:
 def check_unchanged(listener: Listener, before: Any, status: int, answer: bytes) -> None:
     assert status != 0, f"closed without an answer: {answer[:200]!r}"
     assert status < 500, f"HTTP {status}: {answer[:300]!r}"
+    check_nothing_changed(listener, before)
+
+
+def check_nothing_changed(listener: Listener, before: Any) -> None:
     after = listener.snapshot()
     assert after == before, "a hostile request changed state"
     alive = health(listener.port)
@@ -519,10 +602,74 @@ def test_real_tokens_with_bodies_not_their_own_change_nothing(
     check_unchanged(listener, before, status, answer)
     if status == 200:  # only "nothing new" may be answered 200, and it must say so
         assert b'"ignored"' in answer, answer[-300:]
-    elif status == HUNG_UP:  # waiting for the body the headers promised is fine
+    elif status == 408:  # the body the headers promised never came, and it was said in time
         assert promised_more(hdrs, body), (hdrs, len(body))
     else:
         assert status in NOT_ACCEPTED, (status, answer[:300])
+
+
+def own_news(task: TaskRecord) -> bytes:
+    """A body the task would take as news: its own ids, a status it has not reached."""
+    return json.dumps(
+        task_body(task.kling_task_id or "kling-not-yet", task.external_task_id, "failed")
+    ).encode()
+
+
+@FUZZ
+@given(data=st.data())
+def test_compressed_bodies_are_refused_without_inflating(
+    listener: Listener, data: st.DataObject
+) -> None:
+    """Even a task's own news is refused (415) when compressed, and bombs stall nothing."""
+    task = listener.tasks[data.draw(st.sampled_from(sorted(listener.tasks)), label="task")]
+    real = data.draw(st.booleans(), label="real token")
+    path = (
+        (CALLBACK_PATH + (task.callback_token or "")).encode()
+        if real
+        else data.draw(forged_tokens(listener.tokens), label="path")
+    )
+    body, encoding = data.draw(compressed(own_news(task)), label="body")
+    request = build(
+        path,
+        body,
+        extra=[b"Content-Encoding: " + encoding.encode()],
+        chunked=data.draw(st.booleans(), label="chunked"),
+    )
+    before = listener.snapshot()
+    status, answer = raw_request(listener.port, request)
+    check_unchanged(listener, before, status, answer)
+    if real:
+        assert status == 415, (status, answer[:300])
+    else:  # a path too odd to route may be refused before the handler sees the encoding
+        assert status in {400, 404, 415, RESET}, (status, answer[:300])
+
+
+@SLOW
+@given(data=st.data())
+def test_slow_and_half_open_clients_change_nothing_and_are_let_go(
+    listener: Listener, data: st.DataObject
+) -> None:
+    """A genuine callback cut short, however it is sent, is never taken and never held."""
+    task = listener.tasks[data.draw(st.sampled_from(sorted(listener.tasks)), label="task")]
+    path = (CALLBACK_PATH + (task.callback_token or "")).encode()
+    request = build(path, own_news(task), chunked=data.draw(st.booleans(), label="chunked"))
+    head = request.index(b"\r\n\r\n") + 4
+    where = data.draw(st.sampled_from(["nothing", "head", "body"]), label="stops in")
+    if where == "nothing":
+        cut = 0
+    elif where == "head":
+        cut = data.draw(st.integers(1, head - 1), label="cut")
+    else:
+        cut = data.draw(st.integers(head, len(request) - 1), label="cut")
+    how = data.draw(st.sampled_from(["stall", "trickle", "half-close"]), label="how")
+    before = listener.snapshot()
+    answer = partial_request(listener.port, request[:cut], how)
+    status = final_status(answer)
+    if where == "body" and how != "half-close":  # the rest of the body never came: said so
+        assert status == 408, (status, answer[:300])
+    else:  # no complete head, or the client's EOF mid-body: closed, at most told it is malformed
+        assert status in {0, 400}, (status, answer[:300])
+    check_nothing_changed(listener, before)
 
 
 def test_only_the_real_token_with_its_own_body_changes_state(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from bot.kling.errors import KlingInvalidRequest
 from bot.kling.images import ImageRejected, PreparedImage, prepare_images
 from bot.kling.models import TaskKind
 from bot.tasks.models import Origin, TaskRecord
+from bot.tasks.webhook import start_listener
 
 if TYPE_CHECKING:
     from bot.tasks.tracker import Tracker
@@ -113,14 +114,12 @@ class KlingBot(commands.Bot):
         return ("discord", self.is_ready() and not self.is_closed())
 
     async def _start_webhook_server(self) -> None:
-        runner = web.AppRunner(self.tracker.webhook_app(), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.settings.webhook_host, self.settings.webhook_port)
-        await site.start()
+        host, port = self.settings.webhook_host, self.settings.webhook_port
+        runner = await start_listener(self.tracker.webhook_app(), host, port)
         self._webhook_runner = runner
         addresses = runner.addresses
-        self.webhook_port = addresses[0][1] if addresses else self.settings.webhook_port
-        log.info("webhook listener on %s:%s", self.settings.webhook_host, self.webhook_port)
+        self.webhook_port = addresses[0][1] if addresses else port
+        log.info("webhook listener on %s:%s", host, self.webhook_port)
 
     async def close(self) -> None:
         await self.status_messages.close()
