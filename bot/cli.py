@@ -46,7 +46,7 @@ from bot.kling.models import (
     VideoTaskRequest,
 )
 from bot.logs import SecretFilter, setup_logging
-from bot.text import quantity
+from bot.text import t
 
 log = logging.getLogger(__name__)
 
@@ -341,8 +341,8 @@ async def _generate(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(_summary(task, paths)))
     else:
         deduction = task.final_unit_deduction
-        credits = f", {quantity(deduction, 'credit')}" if deduction else ""
-        _progress(f"task {task.task_id} succeeded{credits}; {quantity(len(paths), 'file')}:")
+        credits = f", {t('count.credit', count=deduction)}" if deduction else ""
+        _progress(f"task {task.task_id} succeeded{credits}; {t('count.file', count=len(paths))}:")
         for path in paths:
             print(path)
     return EXIT_OK
@@ -496,7 +496,7 @@ async def _task(settings: Settings, args: argparse.Namespace) -> int:
     for task in tasks:
         line = f"{task.task_id}  {task.task_status.value:<10}  {task.external_task_id or '-'}"
         if task.final_unit_deduction:
-            line += f"  {quantity(task.final_unit_deduction, 'credit')}"
+            line += f"  {t('count.credit', count=task.final_unit_deduction)}"
         if task.task_status_msg and task.task_status is TaskStatus.FAILED:
             line += f"  {task.task_status_msg}"
         print(line)

@@ -31,7 +31,7 @@ from bot.kling.models import (
     VideoTaskRequest,
 )
 from bot.tasks.models import ACTIVE_STATES
-from bot.text import quantity
+from bot.text import t
 
 if TYPE_CHECKING:
     from bot.discord.bot import KlingBot
@@ -246,7 +246,8 @@ async def check_request(
         )
         if active >= config.max_active:
             raise Refused(
-                f"You already have {quantity(active, 'task')} running (limit {config.max_active}). "
+                f"You already have {t('count.task', count=active)} running "
+                f"(limit {config.max_active}). "
                 "Wait for one to finish — see `/kling queue`."
             )
     if config.daily_limit > 0:

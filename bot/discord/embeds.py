@@ -15,7 +15,7 @@ import discord
 from bot.discord.checks import request_default
 from bot.kling.models import TaskKind
 from bot.tasks.models import TaskRecord, TaskState
-from bot.text import quantity
+from bot.text import t
 
 SIMULATED_NOTE = "Simulated — no Kling credits used"
 LINK_NOTE = "Kling deletes this file after 30 days"
@@ -86,7 +86,7 @@ def params_line(task: TaskRecord) -> str:
     if task.kind == TaskKind.IMAGE:
         parts = [
             f"model {model_of(task)}",
-            quantity(p.get("n", 1), "image"),
+            t("count.image", count=p.get("n", 1)),
             f"aspect {p.get('aspect_ratio', '16:9')}",
         ]
     else:

@@ -22,7 +22,7 @@ from bot.kling.client import KlingClient
 from bot.kling.simulator import SimulatorConfig, simulated_settings
 from bot.tasks.store import TaskStore, open_store
 from bot.tasks.tracker import Tracker
-from bot.text import quantity
+from bot.text import t
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ async def sync_commands(settings: Settings, guild_id: int | None) -> list[str]:
             synced = await bot.tree.sync()
             where = "globally (may take up to an hour to appear)"
     names = [_command_name(c) for c in synced]
-    print(f"Synced {quantity(len(names), 'command')} {where}: {', '.join(names)}")
+    print(f"Synced {t('count.command', count=len(names))} {where}: {', '.join(names)}")
     return names
 
 
