@@ -19,6 +19,7 @@ from bot.kling.models import TaskKind
 from bot.kling.simulator import KlingSimulator, SimulatorConfig
 from bot.tasks.models import EventType, TaskRecord, TaskState
 from bot.tasks.poller import PollSchedule
+from bot.tasks.results import ResultDownloader
 from tests.conftest import make_png, settings_for
 from tests.test_tracker import Harness, callback_settings, harness
 from tests.test_webhook import running_task
@@ -172,6 +173,12 @@ async def test_expiry_leaves_alone_a_task_whose_callback_download_runs(
     await web.TCPSite(runner, "127.0.0.1", port).start()
     settings = callback_settings(simulator, callback_confirm=False, task_max_age=5.0)
     h = await Harness(settings).open(start=False)
+    # The slow result lives on a local test server: trusted like Kling's own origin would be.
+    h.tracker.downloader = ResultDownloader(
+        max_bytes=settings.download_max_bytes,
+        timeout=settings.download_timeout,
+        trusted_origin=f"http://127.0.0.1:{port}",
+    )
     try:
         record = await running_task(h, "gone-1", state=PROCESSING, submitted_at=time.time() - 60)
         body = {

@@ -28,6 +28,7 @@ from bot.kling.errors import KlingInvalidRequest
 from bot.kling.images import ImageRejected, PreparedImage, prepare_images
 from bot.kling.models import TaskKind
 from bot.tasks.models import Origin, TaskRecord
+from bot.tasks.tracker import InputsNotStored
 from bot.tasks.webhook import start_listener
 
 if TYPE_CHECKING:
@@ -223,6 +224,8 @@ class KlingBot(commands.Bot):
             ) from None
         except KlingInvalidRequest as exc:
             raise checks.Refused(f"Kling refused this request: {exc}") from None
+        except InputsNotStored as exc:
+            raise checks.Refused(exc.user_message) from None
 
 
 async def _read(name: str, source: ImageSource) -> bytes:

@@ -3,7 +3,9 @@
 Results go out with the bot token (``get_partial_messageable(...).send``), never with the
 interaction token: a video can take longer than the token's 15 minutes, and a restart loses
 every interaction anyway. Each finished task is posted at most once: ``begin_delivery`` counts
-attempts, and a repeated attempt first looks for its own earlier post.
+attempts, and a repeated attempt first looks for its own earlier post. When the store refuses a
+write (SQLite busy, a lost database connection), delivery is tried again with a backoff until it
+answers: the result goes out then, not at the next restart.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ RETRY_BASE_DELAY = 1.0
 MAX_RETRY_DELAY = 300.0
 # How long transient Discord failures (5xx, 429, network) are retried before giving up.
 RETRY_WINDOW = 30 * 60.0
+# A store that refuses writes is waited out without a deadline, asking at least this often.
+MAX_STORE_RETRY_DELAY = 60.0
 HISTORY_LIMIT = 50
 
 # Discord error codes meaning "this channel will not take the post" (not worth retrying).
@@ -148,13 +152,34 @@ class Delivery:
             await asyncio.gather(*list(self._in_flight.values()), return_exceptions=True)
 
     async def _deliver_guarded(self, task: TaskRecord) -> None:
-        try:
-            await self.deliver(task)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # The task stays awaiting delivery and is announced again at the next start.
-            log.exception("delivery of task %s failed unexpectedly", task.id)
+        """Deliver, and when that fails outside Discord (the store refusing a write, mostly),
+        again after a backoff until it works. Each retry re-reads the task, and is counted by
+        ``begin_delivery``, so it looks for an earlier post first: never posted twice."""
+        failures = 0
+        while True:
+            try:
+                current = await self._still_to_deliver(task.id) if failures else task
+                if current is not None:
+                    await self.deliver(current)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                delay = min(self.retry_base_delay * 2.0 ** min(failures - 1, 16),
+                            MAX_STORE_RETRY_DELAY)  # fmt: skip
+                if failures == 1:
+                    log.exception("delivery of task %s failed; trying again in %.1f s",
+                                  task.id, delay)  # fmt: skip
+                else:
+                    log.warning("delivery of task %s failed again (%r); trying again in %.1f s",
+                                task.id, exc, delay)  # fmt: skip
+            await asyncio.sleep(delay)
+
+    async def _still_to_deliver(self, task_id: int) -> TaskRecord | None:
+        """The task as stored now, if it still waits for delivery."""
+        record = await self.bot.tracker.store.get(task_id)
+        return record if record is not None and record.awaiting_delivery else None
 
     async def deliver(self, task: TaskRecord) -> None:
         tracker = self.bot.tracker

@@ -29,6 +29,7 @@ from bot.discord.errors import KlingCommandTree, refuse, reply, require_channel_
 from bot.kling.errors import KlingInvalidRequest
 from bot.kling.models import VIDEO_ASPECT_RATIOS, TaskKind
 from bot.tasks.models import TaskRecord
+from bot.tasks.tracker import InputsNotStored
 
 if TYPE_CHECKING:
     from bot.discord.bot import KlingBot
@@ -133,6 +134,8 @@ class AgainButton(
                 await bot.check_request(interaction, task.params)
                 try:
                     new = await bot.tracker.resubmit(task.id, origin)
+                except InputsNotStored as exc:
+                    raise Refused(exc.user_message) from None
                 except (LookupError, FileNotFoundError, KlingInvalidRequest) as exc:
                     raise Refused(f"Cannot run {task.short_ref} again: {exc}.") from None
             interaction.extras["status_shown"] = True

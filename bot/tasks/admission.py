@@ -8,6 +8,11 @@ tasks at Kling and reports the outcome to the tracker, which records the state c
 Fairness: members take turns (round-robin by user id), and each member's tasks go in the order
 they were asked for. When the member whose turn it is needs more slots than are free, nobody
 overtakes them (a big task is never starved by a stream of small ones).
+
+Money: a create whose answer was lost may have reached Kling, which then runs and bills it.
+Such a task is only ever ended on Kling's word: it is looked up by ``external_task_id``, with a
+capped backoff for as long as Kling cannot answer, and fails only when Kling says it has no such
+task. While it waits for that answer it is off its member's line and holds its slots.
 """
 
 from __future__ import annotations
@@ -28,6 +33,18 @@ from bot.tasks.models import TaskRecord, TaskState
 from bot.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
+
+INPUTS_UNREADABLE = (
+    "The bot could not read this task's stored images, and Kling never received the task: "
+    "no credits were used. Please run the command again."
+)
+NOT_SUBMITTED = (
+    "The bot could not submit the task to Kling, so no credits were used. Please try again later."
+)
+REQUEST_UNUSABLE = (
+    "The bot could not rebuild this request from what it stored, and Kling never received "
+    "the task: no credits were used. Please run the command again."
+)
 
 DEFAULT_RUN_SECONDS = {TaskKind.IMAGE: 60.0, TaskKind.VIDEO: 300.0}
 MAX_CREATE_FAILURES = 4  # retryable create errors, after the client's own retries
@@ -73,6 +90,7 @@ class Entry:
     busy_count: int = 0  # Kling said 1303 (no free slot) this many times
     failures: int = 0  # other retryable create failures
     maybe_created: bool = False  # an earlier create may have reached Kling: look it up first
+    lookup_failures: int = 0  # lookups in a row that got no answer from Kling
 
 
 @dataclass(slots=True)
@@ -88,9 +106,15 @@ class KindQueue:
     cap: int | None = None
     cap_until: float = 0.0
     run_times: deque[float] = field(default_factory=lambda: deque(maxlen=20))
+    # Tasks whose create may have reached Kling, waiting for a lookup to tell: off their
+    # member's line (a lookup needs no turn, and the member's other tasks must not wait on
+    # Kling's query endpoint) and holding their slots. Holding is the safe side of 1303: if
+    # the task runs at Kling it counts against the account, and counting it here keeps us from
+    # sending creates Kling would refuse; if it does not, the answer that says so frees them.
+    lookups: dict[int, Entry] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return sum(len(entries) for entries in self.users.values())
+        return sum(len(entries) for entries in self.users.values()) + len(self.lookups)
 
     @property
     def slots_used(self) -> int:
@@ -104,6 +128,8 @@ class KindQueue:
             entries.append(entry)
 
     def find(self, task_id: int) -> Entry | None:
+        if task_id in self.lookups:
+            return self.lookups[task_id]
         for entries in self.users.values():
             for entry in entries:
                 if entry.task_id == task_id:
@@ -111,6 +137,10 @@ class KindQueue:
         return None
 
     def remove(self, task_id: int) -> Entry | None:
+        waiting = self.lookups.pop(task_id, None)
+        if waiting is not None:
+            self.release(task_id)
+            return waiting
         for user_id, entries in self.users.items():
             for entry in entries:
                 if entry.task_id == task_id:
@@ -160,6 +190,7 @@ class KindQueue:
         if self.cap is not None and now is not None and now >= self.cap_until:
             self.cap = None  # the bounced task's backoff is over: the cap has done its job
         times = [e[0].not_before for e in self.users.values() if e[0].not_before > floor]
+        times += [e.not_before for e in self.lookups.values() if e.not_before > floor]
         if self.cap is not None and self.cap_until > floor:
             times.append(self.cap_until)
         return min(times, default=None)
@@ -167,7 +198,7 @@ class KindQueue:
     def bounced(self, entry: Entry, now: float) -> float:
         """Kling said 1303: back to the front of its member's line, with a growing backoff."""
         self.held.pop(entry.task_id, None)
-        delay = min(MAX_BACKOFF, 2.0**entry.busy_count) * random.uniform(1.0, 1.25)
+        delay = backoff(1.0, entry.busy_count) * random.uniform(1.0, 1.25)
         entry.busy_count += 1
         entry.not_before = now + delay
         self.cap = self.slots_used
@@ -176,11 +207,39 @@ class KindQueue:
         return entry.not_before
 
     def retry_later(self, entry: Entry, now: float) -> float:
-        self.held.pop(entry.task_id, None)
-        entry.not_before = now + min(MAX_BACKOFF, 2.0 * 2**entry.failures)
+        """A retryable failure: try again after a growing backoff. A task whose create may
+        have reached Kling waits for its lookup (``lookups``); any other goes back to the front
+        of its member's line, without its slots."""
+        not_before = now + backoff(2.0, entry.failures)
         entry.failures += 1
-        self.add(entry, front=True)
-        return entry.not_before
+        if entry.maybe_created:
+            self.look_up_later(entry, not_before)
+        else:
+            self.held.pop(entry.task_id, None)
+            entry.not_before = not_before
+            self.add(entry, front=True)
+        return not_before
+
+    def lookup_failed(self, entry: Entry, now: float) -> float:
+        """Kling could not say whether it has the task: ask again after a growing backoff,
+        for as long as it takes (the task may be running, and billed, there)."""
+        not_before = now + backoff(2.0, entry.lookup_failures)
+        entry.lookup_failures += 1
+        self.look_up_later(entry, not_before)
+        return not_before
+
+    def look_up_later(self, entry: Entry, not_before: float) -> None:
+        """Wait off the member's line for a lookup at ``not_before``, holding the slots."""
+        entry.not_before = not_before
+        self.hold(entry.task_id, entry.slots)
+        self.lookups[entry.task_id] = entry
+
+    def due_lookups(self, now: float) -> list[Entry]:
+        """Take the tasks whose lookup is due; they keep holding their slots."""
+        due = [entry for entry in self.lookups.values() if entry.not_before <= now]
+        for entry in due:
+            del self.lookups[entry.task_id]
+        return due
 
     def order(self) -> Iterator[Entry]:
         """The queued tasks in the order they would be created if nothing else arrived."""
@@ -218,7 +277,8 @@ class KindQueue:
         return max(backoff, waves * self.mean_run_time())
 
     def stats(self, now: float) -> QueueStats:
-        oldest = min((e.queued_at for entries in self.users.values() for e in entries), default=now)
+        waiting = [e for entries in self.users.values() for e in entries]
+        oldest = min((e.queued_at for e in [*waiting, *self.lookups.values()]), default=now)
         return QueueStats(
             queued=len(self),
             slots_used=self.slots_used,
@@ -272,7 +332,11 @@ class Admission:
             # A create may have reached Kling before a crash: look it up before creating again.
             maybe_created=record.submit_attempts > 0,
         )
-        self.queues[record.kind].add(entry)
+        queue = self.queues[record.kind]
+        if entry.maybe_created:
+            queue.look_up_later(entry, entry.not_before)
+        else:
+            queue.add(entry)
         self._wake.set()
 
     def hold(self, record: TaskRecord) -> None:
@@ -284,7 +348,10 @@ class Admission:
             self._wake.set()
 
     def remove(self, kind: TaskKind, task_id: int) -> bool:
-        return self.queues[kind].remove(task_id) is not None
+        if self.queues[kind].remove(task_id) is None:
+            return False
+        self._wake.set()  # it may have held slots (waiting for a lookup)
+        return True
 
     def may_be_at_kling(self, record: TaskRecord) -> bool:
         """A queued task whose create is under way, or whose earlier create may have reached
@@ -328,11 +395,16 @@ class Admission:
     def _dispatch_ready(self) -> None:
         now = self._clock()
         for queue in self.queues.values():
+            for waiting in queue.due_lookups(now):
+                self._start_create(queue, waiting)
             while (entry := queue.next_ready(now)) is not None:
-                self.in_flight.add(entry.task_id)
-                create = asyncio.create_task(self._create(queue, entry))
-                self._creates.add(create)
-                create.add_done_callback(self._creates.discard)
+                self._start_create(queue, entry)
+
+    def _start_create(self, queue: KindQueue, entry: Entry) -> None:
+        self.in_flight.add(entry.task_id)
+        create = asyncio.create_task(self._create(queue, entry))
+        self._creates.add(create)
+        create.add_done_callback(self._creates.discard)
 
     async def close(self) -> None:
         for create in list(self._creates):
@@ -346,20 +418,22 @@ class Admission:
             raise
         except Exception as exc:
             # A lookup that could not answer, or the store hiccuping: never create blind.
-            if entry.failures + 1 < MAX_CREATE_FAILURES:
+            if entry.maybe_created:
+                # Kling may run (and bill) it: only Kling's answer may end it. Ask again later,
+                # however long Kling or the store take to answer.
+                log.warning("task %s: cannot tell yet whether Kling has it (%r); asking again",
+                            entry.task_id, exc)  # fmt: skip
+                await self._retry_at(entry, queue.lookup_failed(entry, self._clock()))
+            elif entry.failures + 1 < MAX_CREATE_FAILURES:
                 log.warning("task %s: admission step failed (%r); retrying later",
                             entry.task_id, exc)  # fmt: skip
-                await self._requeue(queue, entry, busy=False)
+                await self._retry_at(entry, queue.retry_later(entry, self._clock()))
             else:
                 log.exception("task %s: admission failed for good", entry.task_id)
                 queue.release(entry.task_id)
                 record = await self._store.get(entry.task_id)
                 if record is not None:
-                    reason = (
-                        failure_reason(exc)
-                        if isinstance(exc, KlingError)
-                        else ("The bot could not submit the task to Kling.")
-                    )
+                    reason = failure_reason(exc) if isinstance(exc, KlingError) else NOT_SUBMITTED
                     await self._create_failed(record, reason)
         finally:
             self.in_flight.discard(entry.task_id)
@@ -370,28 +444,29 @@ class Admission:
         if record is None or record.state is not TaskState.QUEUED:
             queue.release(entry.task_id)
             return
-        if record.cancel_requested:
-            # If an earlier create may have reached Kling, it runs there: look it up first, so
-            # it holds its slots until it ends (cancelled). Unknown answers raise: retried.
-            found = await self._look_up(queue, entry, record) if entry.maybe_created else None
+        if entry.maybe_created:
+            # Kling may run it: look it up before anything else. Found, it is followed (a
+            # cancelled one too: it holds its slots until it ends, cancelled). No answer
+            # raises, and ``_create`` asks again later.
+            found = await self._look_up(queue, entry, record)
             if found is not None:
                 await self._submitted(record, found)
                 return
+        # From here on Kling has no such task: ending it costs the member nothing.
+        reason = self._reason_not_to_create(queue, entry, record)
+        if reason is not None:
             queue.release(entry.task_id)
-            await self._create_failed(record, "cancelled")
+            await self._create_failed(record, reason)
             return
         try:
             request = await self._request_for(record)
         except (OSError, ValueError) as exc:
             log.warning("task %s: cannot rebuild the request: %s", record.id, exc)
             queue.release(entry.task_id)
-            await self._create_failed(record, "The task's input images are no longer stored.")
+            await self._create_failed(
+                record, INPUTS_UNREADABLE if isinstance(exc, OSError) else REQUEST_UNUSABLE
+            )
             return
-        if entry.maybe_created:
-            found = await self._look_up(queue, entry, record)
-            if found is not None:
-                await self._submitted(record, found)
-                return
         # Written before the call: after a crash, submit_attempts > 0 means "look it up first".
         await self._store.update(record.id, submit_attempts=record.submit_attempts + 1)
         entry.maybe_created = True
@@ -402,7 +477,7 @@ class Admission:
                      record.id, queue.kind, queue.slots_used - entry.slots)  # fmt: skip
             # 1303 is a definite "not created": no lookup needed next time.
             entry.maybe_created = False
-            await self._requeue(queue, entry, busy=True)
+            await self._retry_at(entry, queue.bounced(entry, self._clock()))
             return
         except KlingError as exc:
             # A refusal means Kling made nothing. Any other failure leaves it open, even a 1302:
@@ -410,7 +485,7 @@ class Admission:
             entry.maybe_created = exc.retryable
             if exc.retryable and entry.failures + 1 < MAX_CREATE_FAILURES:
                 log.warning("task %s: create failed (%s); retrying later", record.id, exc)
-                await self._requeue(queue, entry, busy=False)
+                await self._retry_at(entry, queue.retry_later(entry, self._clock()))
                 return
             await self._give_up(queue, entry, record, exc)
             return
@@ -430,23 +505,48 @@ class Admission:
                 return
         log.warning("task %s: create failed for good: %s", record.id, exc)
         queue.release(entry.task_id)
-        await self._create_failed(record, failure_reason(exc))
+        await self._create_failed(record, gave_up_reason(exc, tries=entry.failures + 1))
+
+    def _reason_not_to_create(
+        self, queue: KindQueue, entry: Entry, record: TaskRecord
+    ) -> str | None:
+        """Why a queued task that Kling does not have must end instead of being created."""
+        if record.cancel_requested:
+            return "cancelled"
+        try:
+            # Checked at submit; a task whose create may have reached Kling is resumed even
+            # when the limit was lowered since, so it is checked again once Kling disowned it.
+            self.check_fits(queue.kind, entry.slots)
+        except SlotsExceedLimit as exc:
+            return exc.user_message
+        return None
 
     async def _look_up(
         self, queue: KindQueue, entry: Entry, record: TaskRecord
     ) -> KlingTask | None:
         try:
-            return await self._client.get_task(queue.kind, record.external_task_id)
+            found = await self._client.get_task(queue.kind, record.external_task_id)
         except KlingError as exc:
-            if exc.code in NOT_FOUND_CODES or exc.http_status == 404:
-                entry.maybe_created = False
-                return None
-            raise  # unknown: never create blind; _create requeues with backoff
+            if exc.code not in NOT_FOUND_CODES and exc.http_status != 404:
+                raise  # unknown: never create blind, never fail; _create asks again later
+            found = None
+            entry.maybe_created = False
+        entry.lookup_failures = 0
+        return found
 
-    async def _requeue(self, queue: KindQueue, entry: Entry, *, busy: bool) -> None:
-        now = self._clock()
-        not_before = queue.bounced(entry, now) if busy else queue.retry_later(entry, now)
-        await self._store.update(entry.task_id, not_before=not_before)
+    async def _retry_at(self, entry: Entry, not_before: float) -> None:
+        """Store when the task is tried next: only a restart reads it back, so the queue
+        (which already holds the retry) must not lose the task when the store is refusing."""
+        try:
+            await self._store.update(entry.task_id, not_before=not_before)
+        except Exception as exc:
+            log.warning("task %s: could not store its retry time (%r)", entry.task_id, exc)
+
+
+def backoff(base: float, failures: int) -> float:
+    """``base * 2**failures`` seconds, capped at MAX_BACKOFF; the exponent is capped too, since
+    a task may wait through thousands of failures and a float overflows past 2**1023."""
+    return min(MAX_BACKOFF, base * 2.0 ** min(failures, 32))
 
 
 def failure_reason(exc: KlingError) -> str:
@@ -454,3 +554,15 @@ def failure_reason(exc: KlingError) -> str:
     if exc.message and exc.message not in exc.user_message:
         return f"{exc.user_message} (Kling: {exc.message})"
     return exc.user_message
+
+
+def gave_up_reason(exc: KlingError, *, tries: int) -> str:
+    """Why a task failed whose last create failed: a refusal in Kling's words; after failures
+    worth retrying (Kling has confirmed it has no such task), that no credit was used."""
+    if not exc.retryable:
+        return failure_reason(exc)
+    what = exc.user_message.partition(";")[0].rstrip(".")  # without "the bot will try again"
+    return (
+        f"{what}, even after {tries} tries. Kling has no record of the task, so no credits "
+        "were used: please try again later."
+    )

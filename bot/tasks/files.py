@@ -4,12 +4,14 @@
 without the original attachments); ``results/<id>/<index>.<ext>`` holds Kling's downloaded
 results. Paths stored in the database are relative to DATA_DIR, so the directory can move.
 Every write goes to a temporary name first and is renamed into place: a crash never leaves
-a half-written file under the final name.
+a half-written file under the final name, and a write that fails (a full disk) removes its
+temporary file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -41,10 +43,16 @@ class TaskFiles:
     async def save_inputs(
         self, task_id: int, images: Sequence[tuple[str, bytes, str]]
     ) -> list[str]:
-        """Write ``(label, data, extension)`` images; returns their relative paths in order."""
+        """Write ``(label, data, extension)`` images; returns their relative paths in order.
+        On OSError nothing of the task's inputs is left behind: all or none are stored."""
         relative = [self.input_relative(task_id, label, ext) for label, _, ext in images]
         contents = [data for _, data, _ in images]
-        await asyncio.to_thread(self._write_all, list(zip(relative, contents, strict=True)))
+        files = list(zip(relative, contents, strict=True))
+        try:
+            await asyncio.to_thread(self._write_all, files)
+        except OSError:
+            await asyncio.to_thread(self.remove_task_files, task_id)
+            raise
         return relative
 
     def read_inputs(
@@ -80,5 +88,11 @@ class TaskFiles:
 def write_atomically(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    temp.write_bytes(data)
-    os.replace(temp, path)
+    try:
+        temp.write_bytes(data)
+        os.replace(temp, path)
+    except BaseException:
+        # A full disk leaves a partial file that only takes more space: remove it.
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
+        raise

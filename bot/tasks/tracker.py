@@ -58,7 +58,14 @@ from bot.tasks.webhook import callback_token, callback_url, create_webhook_app
 
 log = logging.getLogger(__name__)
 
-__all__ = ["QueuePosition", "QueueStats", "SlotsExceedLimit", "Tracker", "build_request"]
+__all__ = [
+    "InputsNotStored",
+    "QueuePosition",
+    "QueueStats",
+    "SlotsExceedLimit",
+    "Tracker",
+    "build_request",
+]
 
 RUNNING = (TaskState.SUBMITTED, TaskState.PROCESSING)
 CLEANUP_INTERVAL = 3600.0
@@ -74,6 +81,21 @@ INTERRUPTED_BEFORE_SUBMIT = (
     "The bot restarted while it was storing this request, before anything reached Kling: "
     "no credits were used. Please run the command again."
 )
+INPUTS_NOT_STORED = (
+    "The bot could not store your images (its disk may be full), so nothing was sent to Kling "
+    "and no credits were used. Please try again later, and tell a moderator if it keeps "
+    "happening."
+)
+
+
+class InputsNotStored(OSError):
+    """``submit`` could not write the task's input images: the task has ended (failed, with
+    this message as its reason) and nothing was sent to Kling. str() is for the member."""
+
+    def __init__(self, task_id: int) -> None:
+        super().__init__(INPUTS_NOT_STORED)
+        self.task_id = task_id
+        self.user_message = INPUTS_NOT_STORED
 
 
 class Tracker:
@@ -169,8 +191,11 @@ class Tracker:
             self.admission.check_fits(record.kind, record.slots)
         except SlotsExceedLimit as exc:
             # The limit was lowered while it waited: it would head its member's line forever.
-            await self._on_create_failed(record, exc.user_message)
-            return
+            # One whose create may have reached Kling is looked up first (admission refuses it
+            # once Kling says it has no such task).
+            if record.submit_attempts == 0:
+                await self._on_create_failed(record, exc.user_message)
+                return
         self.admission.enqueue(record)
 
     async def _resume_maybe_created(self, record: TaskRecord) -> bool:
@@ -213,7 +238,8 @@ class Tracker:
         origin: Origin,
     ) -> TaskRecord:
         """Validate, store and queue a task. Invalid input raises (pydantic ValidationError or
-        KlingInvalidRequest, e.g. ``SlotsExceedLimit``) before anything is stored or sent."""
+        KlingInvalidRequest, e.g. ``SlotsExceedLimit``) before anything is stored or sent;
+        images that cannot be written raise ``InputsNotStored`` (the task has ended failed)."""
         inputs = [(image.label, image.data, image.extension) for image in images]
         return await self._submit(kind, params, inputs, origin)
 
@@ -262,7 +288,11 @@ class Tracker:
                 callback_token(secret.get_secret_value(), external_task_id) if secret else None
             ),
         )
-        input_files = await self.files.save_inputs(record.id, inputs)
+        try:
+            input_files = await self.files.save_inputs(record.id, inputs)
+        except OSError as exc:
+            await self._fail_unstored(record, exc)
+            raise InputsNotStored(record.id) from exc
         await self.store.set_inputs(record.id, input_files)
         record.input_files = input_files
         log.info("task %s: queued %s task for user %s (%d slots)",
@@ -270,6 +300,19 @@ class Tracker:
         self._emit(EventType.STATE, record)
         self.admission.enqueue(record)
         return record
+
+    async def _fail_unstored(self, record: TaskRecord, exc: OSError) -> None:
+        """The images could not be written (disk full, say): the task ends now, so it does not
+        count against the member's limit, and is announced like any failure."""
+        log.error("task %s: its input images could not be stored (%s); failing it", record.id, exc)
+        try:
+            if await self.store.transition(
+                record.id, [TaskState.QUEUED], TaskState.FAILED, failure_reason=INPUTS_NOT_STORED
+            ):
+                await self._emit_outcome(record.id)
+        except Exception:
+            # The row stays queued without images: the next start fails it the same way.
+            log.exception("task %s: could not record that its images were not stored", record.id)
 
     async def _request_for(self, record: TaskRecord) -> TaskRequest:
         encoded = await asyncio.to_thread(lambda: _encode_all(self.input_bytes(record)))
