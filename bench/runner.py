@@ -29,7 +29,7 @@ import aiohttp
 from aiohttp import web
 
 from bench import report, strategies
-from bot.kling.simulator import Faults, KlingSimulator, SimulatorConfig
+from kling_sim.simulator import Faults, KlingSimulator, SimulatorConfig
 from tests.fake_discord import FakeDiscord
 
 TOKEN = "bench-bot-token"

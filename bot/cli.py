@@ -263,7 +263,7 @@ def _configured_secrets(settings: Settings) -> list[str]:
 
 async def _serve_simulator(args: argparse.Namespace) -> int:
     from bot.config import SIMULATOR_ACCESS_KEY, SIMULATOR_SECRET_KEY
-    from bot.kling.simulator import Faults, KlingSimulator, SimulatorConfig
+    from kling_sim.simulator import Faults, KlingSimulator, SimulatorConfig
 
     config = SimulatorConfig(
         submitted_seconds=args.submitted_seconds,
@@ -299,7 +299,7 @@ async def kling_session(
 
     async with contextlib.AsyncExitStack() as stack:
         if settings.simulated or simulate:
-            from bot.kling.simulator import simulated_settings
+            from kling_sim.simulator import simulated_settings
 
             settings = await simulated_settings(settings, stack, force=simulate)
         settings.require_kling_credentials()

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from bot.config import SIMULATOR_ACCESS_KEY, SIMULATOR_SECRET_KEY, Settings
-from bot.kling.simulator import KlingSimulator, SimulatorConfig
+from kling_sim.simulator import KlingSimulator, SimulatorConfig
 
 
 def _image_bytes(fmt: str, width: int, height: int, color: tuple[int, int, int]) -> bytes:

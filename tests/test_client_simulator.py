@@ -24,7 +24,7 @@ from bot.kling.errors import (
 )
 from bot.kling.models import ImageTaskRequest, KlingTask, TaskKind, TaskStatus, VideoTaskRequest
 from bot.kling.providers import flavour_for
-from bot.kling.simulator import FAILURE_MESSAGE, KlingSimulator
+from kling_sim.simulator import FAILURE_MESSAGE, KlingSimulator
 from tests.conftest import make_png, settings_for
 
 SUBJECTS = ["https://example.com/subject-1.png", "https://example.com/subject-2.png"]

@@ -55,7 +55,7 @@ import pytest
 from aiohttp.test_utils import unused_port
 
 from bot.kling.models import TaskKind
-from bot.kling.simulator import Faults, KlingSimulator, SimTask, SimulatorConfig
+from kling_sim.simulator import Faults, KlingSimulator, SimTask, SimulatorConfig
 from tests.bot_process import (
     START_TIMEOUT,
     TOKEN,

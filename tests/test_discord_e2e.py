@@ -24,8 +24,8 @@ from bot.config import ConfigError, Settings
 from bot.discord.bot import KlingBot
 from bot.discord.embeds import LINK_NOTE, SIMULATED_NOTE
 from bot.discord.runner import Services, open_services, run_bot, sync_commands
-from bot.kling.simulator import KlingSimulator, SimulatorConfig
 from bot.tasks.models import TaskState
+from kling_sim.simulator import KlingSimulator, SimulatorConfig
 from tests.fake_discord import (
     BOT_PERMISSIONS,
     P_READ_MESSAGE_HISTORY,

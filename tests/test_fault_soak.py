@@ -43,7 +43,7 @@ import pytest
 from aiohttp.test_utils import unused_port
 
 from bot.kling.models import TaskKind
-from bot.kling.simulator import ApiError, Faults, KlingSimulator, SimulatorConfig
+from kling_sim.simulator import ApiError, Faults, KlingSimulator, SimulatorConfig
 from tests.bot_process import (
     START_TIMEOUT,
     TOKEN,

@@ -29,7 +29,7 @@ from PIL import Image
 from bot.cli import build_parser
 from bot.config import SIMULATOR_SECRET_KEY, Settings
 from bot.kling.errors import KlingNetworkError
-from bot.kling.simulator import KlingSimulator, SimulatorConfig
+from kling_sim.simulator import KlingSimulator, SimulatorConfig
 from tests.bot_process import TOKEN, WEBHOOK_SECRET, BotProcess, bot_env, wait_all_final
 from tests.conftest import make_png
 from tests.fake_discord import FakeDiscord

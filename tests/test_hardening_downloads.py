@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from bot.kling.simulator import KlingSimulator
 from bot.tasks import results
 from bot.tasks.models import EventType, TaskState
+from kling_sim.simulator import KlingSimulator
 from tests.conftest import make_png, settings_for
 from tests.test_tracker import harness
 

@@ -25,8 +25,8 @@ from PIL import Image, ImageFile
 from bot.discord.bot import KlingBot
 from bot.discord.runner import open_services
 from bot.kling.images import prepare_image, prepare_images
-from bot.kling.simulator import KlingSimulator
 from bot.tasks.store import TaskStore
+from kling_sim.simulator import KlingSimulator
 from tests.conftest import make_png, settings_for
 from tests.fake_discord import FakeDiscord, FakeInteraction
 

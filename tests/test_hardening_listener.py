@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import pytest
 from aiohttp import web
 
-from bot.kling.simulator import KlingSimulator
 from bot.tasks.models import TaskRecord, TaskState
 from bot.tasks.webhook import (
     CALLBACK_PATH,
@@ -32,6 +31,7 @@ from bot.tasks.webhook import (
     ListenerLimits,
     start_listener,
 )
+from kling_sim.simulator import KlingSimulator
 from tests.conftest import settings_for
 from tests.test_tracker import SECRET, Harness
 from tests.test_webhook import body, running_task

@@ -24,9 +24,9 @@ import bot.tasks.admission as admission_module
 import bot.tasks.store as store_module
 from bot.kling.images import PreparedImage
 from bot.kling.models import TaskKind
-from bot.kling.simulator import KlingSimulator
 from bot.tasks.admission import MAX_CREATE_FAILURES, Entry, KindQueue
 from bot.tasks.models import ACTIVE_STATES, EventType, TaskEvent, TaskState
+from kling_sim.simulator import KlingSimulator
 from tests.conftest import settings_for
 from tests.fake_discord import Recorded
 from tests.test_discord_e2e import World, run_image, until, world  # noqa: F401  (fixture)

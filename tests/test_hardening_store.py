@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.kling.models import TaskKind
-from bot.kling.simulator import KlingSimulator
 from bot.tasks import store as store_module
 from bot.tasks.models import Origin, TaskRecord, TaskState
 from bot.tasks.store import SqliteTaskStore
+from kling_sim.simulator import KlingSimulator
 from tests.test_tracker import Harness, callback_settings
 
 S = TaskState

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from bot.kling.simulator import Faults, KlingSimulator, SimulatorConfig
+from kling_sim.simulator import Faults, KlingSimulator, SimulatorConfig
 from tests.conftest import make_jpeg, make_png, settings_for
 
 IMAGE = "/v1/images/multi-image2image"

@@ -12,8 +12,8 @@ import pytest
 from aiohttp import web
 
 from bot.kling.models import TaskKind
-from bot.kling.simulator import ApiError, KlingSimulator, SimulatorConfig
 from bot.tasks.models import EventType, TaskState
+from kling_sim.simulator import ApiError, KlingSimulator, SimulatorConfig
 from tests.test_tracker import Harness, callback_settings, harness
 
 RUNNING = {TaskState.SUBMITTED, TaskState.PROCESSING}

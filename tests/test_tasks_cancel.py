@@ -8,9 +8,9 @@ import time
 from typing import Any
 
 from bot.kling.models import TaskKind
-from bot.kling.simulator import KlingSimulator
 from bot.tasks.models import EventType, TaskRecord, TaskState
 from bot.tasks.store import TaskStore
+from kling_sim.simulator import KlingSimulator
 from tests.conftest import settings_for
 from tests.test_tracker import WAIT, Harness
 

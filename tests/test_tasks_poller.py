@@ -16,10 +16,10 @@ from aiohttp import web
 from aiohttp.test_utils import unused_port
 
 from bot.kling.models import TaskKind
-from bot.kling.simulator import KlingSimulator, SimulatorConfig
 from bot.tasks.models import EventType, TaskRecord, TaskState
 from bot.tasks.poller import PollSchedule
 from bot.tasks.results import ResultDownloader
+from kling_sim.simulator import KlingSimulator, SimulatorConfig
 from tests.conftest import make_png, settings_for
 from tests.test_tracker import Harness, callback_settings, harness
 from tests.test_webhook import running_task

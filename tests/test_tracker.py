@@ -22,7 +22,6 @@ from bot.config import Settings
 from bot.kling.client import KlingClient
 from bot.kling.images import PreparedImage
 from bot.kling.models import TaskKind
-from bot.kling.simulator import KlingSimulator
 from bot.tasks import poller as poller_module
 from bot.tasks.admission import SlotsExceedLimit
 from bot.tasks.models import EventType, Origin, TaskEvent, TaskRecord, TaskState
@@ -36,6 +35,7 @@ from bot.tasks.results import (
 from bot.tasks.store import TaskStore, open_store
 from bot.tasks.tracker import Tracker
 from bot.tasks.webhook import start_listener
+from kling_sim.simulator import KlingSimulator
 from tests.conftest import make_png, settings_for
 
 WAIT = 10.0  # generous upper bound; every wait returns as soon as its condition holds

@@ -15,11 +15,11 @@ from aiohttp.test_utils import unused_port
 
 import bot.tasks.tracker as tracker_module
 from bot.kling.models import KlingTask, TaskKind
-from bot.kling.simulator import KlingSimulator
 from bot.tasks.admission import Admission, Entry, KindQueue
 from bot.tasks.models import EventType, TaskState
 from bot.tasks.poller import Poller, PollSchedule
 from bot.tasks.results import DownloadError, ResultDownloader
+from kling_sim.simulator import KlingSimulator
 from tests.conftest import make_png, settings_for
 from tests.test_tracker import Harness, origin, subject
 

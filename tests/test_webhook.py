@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from bot.kling.models import TaskKind
-from bot.kling.simulator import KlingSimulator
 from bot.tasks.models import EventType, Origin, TaskRecord, TaskState
 from bot.tasks.webhook import callback_token
+from kling_sim.simulator import KlingSimulator
 from tests.test_tracker import SECRET, Harness, callback_settings
 
 pytestmark = pytest.mark.asyncio

@@ -58,11 +58,11 @@ from hypothesis import strategies as st
 
 from bot.kling.client import KlingClient
 from bot.kling.models import TaskKind
-from bot.kling.simulator import KlingSimulator, SimulatorConfig
 from bot.tasks.models import Origin, TaskRecord, TaskState
 from bot.tasks.store import open_store
 from bot.tasks.tracker import Tracker
 from bot.tasks.webhook import CALLBACK_PATH, ListenerLimits, callback_token, start_listener
+from kling_sim.simulator import KlingSimulator, SimulatorConfig
 from tests.conftest import settings_for
 
 pytestmark = pytest.mark.slow

@@ -19,10 +19,10 @@ import discord
 from bot.config import Settings
 from bot.discord.bot import KlingBot
 from bot.kling.client import KlingClient
-from bot.kling.simulator import SimulatorConfig, simulated_settings
 from bot.tasks.store import TaskStore, open_store
 from bot.tasks.tracker import Tracker
 from bot.text import t
+from kling_sim.simulator import SimulatorConfig, simulated_settings
 
 log = logging.getLogger(__name__)
 

@@ -60,7 +60,6 @@ from PIL import Image
 from pydantic import SecretStr
 
 from bot.config import SIMULATOR_ACCESS_KEY, SIMULATOR_SECRET_KEY, Settings
-from bot.kling import sim_media
 from bot.kling.models import (
     IMAGE_ASPECT_RATIOS,
     IMAGE_MODELS,
@@ -70,6 +69,7 @@ from bot.kling.models import (
     TaskKind,
     TaskStatus,
 )
+from kling_sim import media as sim_media
 
 log = logging.getLogger(__name__)
 
