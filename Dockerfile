@@ -19,12 +19,14 @@ WORKDIR /app
 # `readme = "README.md"` for the metadata, so an empty stand-in serves here; the real one comes
 # with the code below, and editing it does not reinstall the dependencies.
 COPY pyproject.toml ./
-RUN mkdir -p bot cogs && touch README.md bot/__init__.py cogs/__init__.py \
-    && pip install . && pip uninstall -y kling-discord-bot
+RUN mkdir -p bot cogs kling_sim && touch README.md bot/__init__.py cogs/__init__.py \
+        kling_sim/__init__.py \
+    && pip install '.[video-sim]' && pip uninstall -y kling-discord-bot
 
 COPY README.md ./
 COPY bot ./bot
 COPY cogs ./cogs
+COPY kling_sim ./kling_sim
 RUN pip install --no-deps .
 
 USER kling

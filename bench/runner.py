@@ -30,7 +30,7 @@ from aiohttp import web
 
 from bench import report, strategies
 from kling_sim.simulator import Faults, KlingSimulator, SimulatorConfig
-from tests.fake_discord import FakeDiscord
+from testing.fake_discord import FakeDiscord
 
 TOKEN = "bench-bot-token"
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,10 +23,11 @@ from typing import Any
 import aiohttp
 from PIL import Image
 
+from bot.app import open_kling
 from bot.config import Settings
-from bot.kling.client import KlingClient, new_external_task_id
+from bot.kling.client import new_external_task_id
 from bot.kling.models import TaskKind
-from bot.tasks.tracker import build_request
+from bot.kling.params import ImageParams, build_request
 
 PROMPT = "a red cube on a wooden table, studio light"
 STALL_SECONDS = 30.0
@@ -93,16 +94,13 @@ async def baseline(
     """Create ``n`` tasks, poll each alone every ``interval`` s, download and post each result."""
     settings = Settings(_env_file=None, kling_provider="simulator", kling_base_url=kling_url)  # type: ignore[call-arg]
     image = base64.b64encode(input_png()).decode("ascii")
-    params = {"prompt": PROMPT, "n": 1, "aspect_ratio": "1:1"}
+    params = ImageParams(prompt=PROMPT, n=1, aspect_ratio="1:1")
     posted = 0
-    async with aiohttp.ClientSession() as session:
-        client = KlingClient.from_settings(settings, session)
+    async with open_kling(settings) as (settings, client, session):
 
         async def follow(index: int, external_id: str) -> None:
             nonlocal posted
-            request = build_request(
-                TaskKind.IMAGE, params, [("subject1", image)], external_task_id=external_id
-            )
+            request = build_request(params, [("subject1", image)], external_task_id=external_id)
             task = await client.create_task(request)
             while not task.is_terminal:
                 await asyncio.sleep(interval)

@@ -6,6 +6,7 @@ says what to set (``ConfigError``), never a traceback.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -13,13 +14,38 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bot.kling.providers import Flavour, ProviderName, flavour_for
-
 SIMULATOR_ACCESS_KEY = "simulator-access-key"
 # Public, fixed keys: the built-in simulator is local and guards nothing.
 SIMULATOR_SECRET_KEY = "simulator-secret-key-for-local-use-only"
 # The callback tokens are an HMAC under WEBHOOK_SECRET: a short key can be guessed offline.
 WEBHOOK_SECRET_MIN_CHARS = 32
+
+
+ProviderName = Literal["official", "gateway", "gateway-native", "cometapi", "simulator"]
+AuthScheme = Literal["jwt", "bearer"]
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """What the settings must hold to reach a provider: its address and how it signs in.
+
+    The rest of each API flavour (paths, body shapes) is ``bot.kling.providers``' business;
+    these two live here because checking the settings needs them and nothing more.
+    """
+
+    name: ProviderName
+    default_base_url: str | None
+    auth: AuthScheme
+
+
+PROVIDERS: dict[ProviderName, Provider] = {
+    "official": Provider("official", "https://api-singapore.klingai.com", "jwt"),
+    "gateway": Provider("gateway", None, "bearer"),
+    "gateway-native": Provider("gateway-native", None, "bearer"),
+    "cometapi": Provider("cometapi", "https://api.cometapi.com", "bearer"),
+    # The built-in simulator signs JWTs like Kling, on a loopback port chosen at start.
+    "simulator": Provider("simulator", None, "jwt"),
+}
 
 
 class ConfigError(Exception):
@@ -54,7 +80,9 @@ class Settings(BaseSettings):
     kling_retry_budget: float = Field(default=120.0, gt=0)
     kling_image_concurrency: int | None = Field(default=None, ge=1)
     kling_video_concurrency: int | None = Field(default=None, ge=1)
-    kling_image_model: Literal["kling-v2", "kling-v2-1"] = "kling-v2"
+    # One of bot.kling.options.IMAGE_MODELS, checked where the Kling client is built (this
+    # module sits below bot.kling and imports nothing of it); a test keeps the default equal.
+    kling_image_model: str = "kling-v2"
 
     # Server-wide member limits (0 = none); moderators override them per guild.
     member_max_active: int = Field(default=3, ge=0)
@@ -134,8 +162,11 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def flavour(self) -> Flavour:
-        return flavour_for(self.kling_provider)
+    def provider(self) -> Provider:
+        return PROVIDERS[self.kling_provider]
+
+    # Transitional name of ``provider`` for readers not yet switched (bot/tasks/results.py).
+    flavour = provider
 
     @property
     def simulated(self) -> bool:
@@ -143,7 +174,7 @@ class Settings(BaseSettings):
 
     def kling_base(self) -> str:
         """The API base URL; raises ConfigError when it cannot be known."""
-        base = self.kling_base_url or self.flavour.default_base_url
+        base = self.kling_base_url or self.provider.default_base_url
         if not base:
             raise ConfigError(
                 f"KLING_BASE_URL is not set: KLING_PROVIDER={self.kling_provider} has no default, "
@@ -153,17 +184,17 @@ class Settings(BaseSettings):
 
     def require_kling_credentials(self) -> None:
         """Check that the credentials the chosen flavour needs are present."""
-        flavour = self.flavour
+        provider = self.provider
         if self.simulated:
             return
-        if flavour.auth == "jwt":
+        if provider.auth == "jwt":
             for name, value in (
                 ("KLING_ACCESS_KEY", self.kling_access_key),
                 ("KLING_SECRET_KEY", self.kling_secret_key),
             ):
                 if not _is_set(value):
                     raise ConfigError(
-                        f"{name} is not set: KLING_PROVIDER={flavour.name} needs KLING_ACCESS_KEY "
+                        f"{name} is not set: KLING_PROVIDER={provider.name} needs KLING_ACCESS_KEY "
                         "and KLING_SECRET_KEY from Kling's developer console "
                         "(or set KLING_PROVIDER=simulator to try the bot without Kling)"
                     )
@@ -175,7 +206,7 @@ class Settings(BaseSettings):
                 )
         elif not _is_set(self.kling_api_key):
             raise ConfigError(
-                f"KLING_API_KEY is not set: KLING_PROVIDER={flavour.name} needs the API key "
+                f"KLING_API_KEY is not set: KLING_PROVIDER={provider.name} needs the API key "
                 "your gateway issued"
             )
         self.kling_base()

@@ -8,6 +8,9 @@ Images given as URLs are drawn as labelled placeholder cards (the simulator fetc
 The functions here are synchronous and CPU-bound; the simulator runs them with
 ``asyncio.to_thread`` and caches what they return. Output depends only on the inputs, so a cache
 entry may be dropped and made again.
+
+The video encoder (PyAV, which bundles FFmpeg) is an optional dependency, the ``video-sim``
+extra: images need only Pillow, and ``video_encoder_missing`` tells whether videos can be made.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ import tempfile
 import textwrap
 import threading
 from dataclasses import dataclass
+from types import ModuleType
 
-import av
 from PIL import Image, ImageDraw, ImageFont
 
 log = logging.getLogger(__name__)
+
+VIDEO_EXTRA = "video-sim"
 
 VIDEO_FPS = 10
 # Small, even sizes (yuv420p needs even sides) keep a 5 s encode near 0.1 s.
@@ -74,6 +79,7 @@ _fonts = threading.local()
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     # One cache per thread: renders run in worker threads, and sharing a FreeType face across
     # threads is not documented as safe.
+    cache: dict[int, ImageFont.ImageFont | ImageFont.FreeTypeFont]
     cache = _fonts.__dict__.setdefault("by_size", {})
     if size not in cache:
         try:
@@ -200,8 +206,28 @@ def render_png(spec: MediaSpec, long_side: int = 512) -> bytes:
     return out.getvalue()
 
 
+def _video_encoder() -> ModuleType | None:
+    """PyAV, or None when it is not installed (imported on first use: it loads FFmpeg)."""
+    try:
+        import av
+    except ImportError:
+        return None
+    return av
+
+
+def video_encoder_missing() -> bool:
+    return _video_encoder() is None
+
+
 def render_mp4(spec: MediaSpec, seconds: int = 5, fps: int = VIDEO_FPS) -> bytes:
-    """A playable H.264 MP4 (yuv420p, ``fps``) panning over the composed picture."""
+    """A playable H.264 MP4 (yuv420p, ``fps``) panning over the composed picture.
+
+    Raises ``RuntimeError`` when PyAV is not installed (the simulator refuses video tasks
+    before that: see ``video_encoder_missing``).
+    """
+    av = _video_encoder()
+    if av is None:
+        raise RuntimeError(f"PyAV is not installed (the {VIDEO_EXTRA} extra)")
     width, height = video_size(spec.aspect_ratio)
     big = compose(spec, (round(width * PAN_MARGIN), round(height * PAN_MARGIN)))
     span_x, span_y = big.width - width, big.height - height

@@ -1,46 +1,40 @@
-"""The Discord bot: wires the cogs, the buttons, delivery and the webhook listener to the tracker.
+"""The Discord bot's lifecycle: what starts with Discord (``setup_hook``) and stops with it.
 
-The runner creates the tracker and its dependencies and injects them here; the bot only starts
-what lives inside Discord's lifecycle (``setup_hook``) and stops it again in ``close``.
+The composition root creates the task core and its dependencies and injects them here. The bot
+installs the translator of the commands' descriptions, loads the cogs, registers the
+restart-safe buttons and the Animate modal's listener, subscribes status messages and delivery
+to the core, starts the core and the webhook listener, and stops them again in ``close``. What
+the commands and buttons do lives in the modules of ``bot.discord``, which see this bot only
+through the Protocols of ``bot.discord.context``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import weakref
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import discord
 import yarl
 from aiohttp import web
 from discord.ext import commands
-from pydantic import ValidationError
 
 from bot.config import Settings
-from bot.discord import checks
+from bot.discord.animate import on_animate_modal_submit
+from bot.discord.buttons import TASK_BUTTONS
+from bot.discord.context import DiscordApp, MemberLocks
 from bot.discord.delivery import Delivery
 from bot.discord.errors import KlingCommandTree
+from bot.discord.localized import CatalogueTranslator
 from bot.discord.status import StatusMessages
-from bot.discord.views import DYNAMIC_ITEMS, on_animate_modal_submit
-from bot.kling.errors import KlingInvalidRequest
-from bot.kling.images import ImageRejected, PreparedImage, prepare_images
-from bot.kling.models import TaskKind
-from bot.tasks.models import Origin, TaskRecord
-from bot.tasks.tracker import InputsNotStored
 from bot.tasks.webhook import start_listener
 
 if TYPE_CHECKING:
-    from bot.tasks.tracker import Tracker
+    from bot.tasks.core import TaskCore
 
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("cogs.generate", "cogs.moderation")
-
-# An input image: a member's attachment (read only once the request passed the checks) or
-# bytes the bot already holds (a result being animated).
-ImageSource = bytes | discord.Attachment
 
 
 def apply_discord_endpoints(settings: Settings) -> None:
@@ -62,7 +56,7 @@ class KlingBot(commands.Bot):
         self,
         *,
         settings: Settings,
-        tracker: Tracker | None,
+        tracker: TaskCore | None,
         start_webhook: bool = True,
         **options: Any,
     ) -> None:
@@ -82,25 +76,24 @@ class KlingBot(commands.Bot):
         self._start_webhook = start_webhook
         self.delivery = Delivery(self)
         self.status_messages = StatusMessages(self)
+        self.member_locks: MemberLocks = weakref.WeakValueDictionary()
         self._webhook_runner: web.AppRunner | None = None
         self.webhook_port: int | None = None
-        # Weak: a member's lock lives only while one of their commands holds or awaits it.
-        self._member_locks: weakref.WeakValueDictionary[tuple[int | None, int], asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
 
     @property
-    def tracker(self) -> Tracker:
+    def tracker(self) -> TaskCore:
         if self._tracker is None:
             raise RuntimeError("this KlingBot was created without a tracker (command sync only)")
         return self._tracker
 
     async def setup_hook(self) -> None:
+        # Before the cogs: the commands' descriptions are translated when they are synced.
+        await self.tree.set_translator(CatalogueTranslator())
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         if self._tracker is None:  # `kling-bot sync`: commands only, nothing runs
             return
-        self.add_dynamic_items(*DYNAMIC_ITEMS)
+        self.add_dynamic_items(*TASK_BUTTONS)
         self.add_listener(on_animate_modal_submit, "on_interaction")
         tracker = self._tracker
         # Subscribe before start: start re-announces tasks that finished while we were down.
@@ -133,107 +126,9 @@ class KlingBot(commands.Bot):
     async def on_ready(self) -> None:
         log.info("connected to Discord as %s in %d guild(s)", self.user, len(self.guilds))
 
-    # --- the submission flow shared by commands, buttons and the Animate modal --------------
 
-    @staticmethod
-    def origin_of(interaction: discord.Interaction[Any]) -> Origin:
-        return Origin(
-            channel_id=interaction.channel_id or 0,
-            user_id=interaction.user.id,
-            guild_id=interaction.guild_id,
-        )
+if TYPE_CHECKING:
 
-    async def check_request(
-        self, interaction: discord.Interaction[KlingBot], params: dict[str, Any]
-    ) -> None:
-        await checks.check_request(
-            interaction,
-            prompt=params.get("prompt"),
-            negative_prompt=params.get("negative_prompt"),
-        )
-
-    async def submit_request(
-        self,
-        interaction: discord.Interaction[KlingBot],
-        kind: TaskKind,
-        params: dict[str, Any],
-        items: Sequence[tuple[str, ImageSource]],
-    ) -> TaskRecord:
-        """Check the rules, read and prepare the images, submit, and follow the task in the reply.
-
-        Cheapest first, so a request that is refused costs no download and no decoding: the
-        channel, blocked words and member limits; then what Discord reports about each
-        attachment; then the download; then the images. The interaction must already be
-        deferred. Raises ``checks.Refused`` (nothing was submitted) with a message for the
-        member.
-        """
-        clean = {key: value for key, value in params.items() if value not in (None, "")}
-        # One member's commands are checked and stored one at a time, so two sent together
-        # cannot both pass a limit that only one of them fits in.
-        async with self.member_lock(interaction.guild_id, interaction.user.id):
-            await self.check_request(interaction, params)
-            prepared = await self._prepared_images(items)
-            task = await self._submit_checked(kind, clean, prepared, self.origin_of(interaction))
-        changes = tuple(f"{p.label}: {change}" for p in prepared for change in p.changes)
-        interaction.extras["status_shown"] = True
-        await self.status_messages.follow(task, interaction, changes)
-        log.info(
-            "task %s (%s) submitted by user %s in channel %s",
-            task.id,
-            kind,
-            interaction.user.id,
-            interaction.channel_id,
-        )
-        return task
-
-    async def _prepared_images(
-        self, items: Sequence[tuple[str, ImageSource]]
-    ) -> list[PreparedImage]:
-        attachments = [(label, s) for label, s in items if isinstance(s, discord.Attachment)]
-        checks.check_attachments(attachments)
-        names = {label: checks.attachment_name(label, a) for label, a in attachments}
-        inputs = [(label, await _read(names.get(label, label), source)) for label, source in items]
-        try:
-            return await prepare_images(inputs, fit=self.settings.image_fit)
-        except ImageRejected as exc:
-            name = names.get(exc.label, exc.label)
-            raise checks.Refused(f"{name}: {exc.reason}. {exc.hint}") from None
-
-    def member_lock(self, guild_id: int | None, user_id: int) -> asyncio.Lock:
-        """Held while one of the member's requests is checked against the limits, has its images
-        read and prepared, and is stored."""
-        lock = self._member_locks.get((guild_id, user_id))
-        if lock is None:
-            lock = self._member_locks[(guild_id, user_id)] = asyncio.Lock()
-        return lock
-
-    async def _submit_checked(
-        self,
-        kind: TaskKind,
-        params: dict[str, Any],
-        prepared: Sequence[PreparedImage],
-        origin: Origin,
-    ) -> TaskRecord:
-        try:
-            return await self.tracker.submit(kind, params, prepared, origin)
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            where = ".".join(str(part) for part in error["loc"])
-            raise checks.Refused(
-                f"Kling would refuse this request: {where}: {error['msg']}."
-            ) from None
-        except KlingInvalidRequest as exc:
-            raise checks.Refused(f"Kling refused this request: {exc}") from None
-        except InputsNotStored as exc:
-            raise checks.Refused(exc.user_message) from None
-
-
-async def _read(name: str, source: ImageSource) -> bytes:
-    if isinstance(source, bytes):
-        return source
-    try:
-        return await source.read()
-    except discord.HTTPException:
-        raise checks.Refused(
-            f"{name}: I could not download it from Discord. Attach it again."
-        ) from None
+    def _is_a_discord_app(bot: KlingBot) -> DiscordApp:
+        """The type checker holds ``KlingBot`` to what the Discord side expects of it."""
+        return bot

@@ -1,191 +1,65 @@
-"""Who may do what: moderator rights, the per-guild rules stored in the guild config, and what
-Discord tells about an attachment (checked before it is downloaded).
+"""Who may do what, and the rules a request must pass before anything is downloaded.
 
-Guild config keys (``store.get_guild_config``/``set_guild_config``, a JSON object):
-``allowed_channels`` (list of channel ids; empty = every channel), ``max_active`` (a member's
-tasks not yet finished at Kling), ``daily_limit`` (a member's tasks per 24 h), ``blocked_words``
-(list), ``moderator_role_id``, ``defaults`` (the options a member leaves out: ``image_model``,
-``image_aspect_ratio``, ``image_count``, ``video_mode``, ``video_duration``,
-``video_aspect_ratio``). A missing limit uses the default below; 0 means no limit. A missing
-default uses the server-wide setting, else Kling's own default.
+``Refused`` carries a catalogue key and its values, not a sentence: the error reporter words it
+in the member's language. The rules read the guild config (``bot.discord.guild_config``) and
+count the member's tasks through the core's read view; what Discord reports about an attachment
+(type, size, dimensions) is checked before the file is read.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 import discord
 from discord import app_commands
 
+from bot.discord.context import DiscordApp, app_of
+from bot.discord.guild_config import GuildConfig, load_guild_config
 from bot.kling.images import MAX_PIXELS
-from bot.kling.models import (
-    IMAGE_ASPECT_RATIOS,
-    IMAGE_MODELS,
-    VIDEO_ASPECT_RATIOS,
-    ImageTaskRequest,
-    TaskKind,
-    VideoTaskRequest,
-)
+from bot.tasks.failures import Failure
 from bot.tasks.models import ACTIVE_STATES
 from bot.text import t
 
-if TYPE_CHECKING:
-    from bot.discord.bot import KlingBot
-
-# Used where no Settings are at hand; the bot passes MEMBER_MAX_ACTIVE / MEMBER_DAILY_LIMIT.
-DEFAULT_MAX_ACTIVE = 3
-DEFAULT_DAILY_LIMIT = 50
 DAY = 24 * 3600.0
 # Discord accepts bigger uploads (boosted servers); Kling takes 10 MB after conversion. Reading
 # more than this into memory for one command is not worth it.
 MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
+# How many allowed channels a refusal names.
+CHANNELS_NAMED = 10
 
 
 class Refused(app_commands.CheckFailure):
-    """A request refused for a reason the member can act on; str() is the message."""
+    """A request refused for a reason the member can act on: a catalogue key and its values.
+
+    ``str()`` is the English sentence (for logs); ``words(locale)`` the member's.
+    """
+
+    def __init__(self, key: str, /, **params: Any) -> None:
+        self.key = key
+        self.params = params
+        super().__init__(t(key, None, **params))
+
+    def words(self, locale: str | None) -> str:
+        return t(self.key, locale, **self.params)
 
 
-class NotModerator(app_commands.CheckFailure):
+class RefusedFailure(Refused):
+    """Refused for a reason the core words as a failure code (``bot.tasks.failures``)."""
+
+    def __init__(self, failure: Failure) -> None:
+        self.failure = failure
+        super().__init__(f"failure.{failure.code}", **failure.params)
+
+    def words(self, locale: str | None) -> str:
+        return self.failure.words(locale)
+
+
+class NotModerator(Refused):
     def __init__(self) -> None:
-        super().__init__(
-            "Only moderators can do this (Manage Messages permission or the moderator role)."
-        )
-
-
-def request_default(kind: TaskKind, name: str) -> Any:
-    """Kling's own default for a request field: the request models are the one source."""
-    request = ImageTaskRequest if kind == TaskKind.IMAGE else VideoTaskRequest
-    return request.model_fields[name].default
-
-
-def first_set(*values: Any) -> Any:
-    return next((value for value in values if value is not None), None)
-
-
-def _one_of(value: Any, allowed: Iterable[Any]) -> Any:
-    # A stored value Kling no longer takes (a retired model) must not break every command.
-    return value if value in tuple(allowed) else None
-
-
-@dataclass(slots=True)
-class GenerationDefaults:
-    """A guild's values for the options a member leaves out; None: the server-wide default."""
-
-    image_model: str | None = None
-    image_aspect_ratio: str | None = None
-    image_count: int | None = None
-    video_mode: str | None = None
-    video_duration: str | None = None
-    video_aspect_ratio: str | None = None
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any] | None) -> GenerationDefaults:
-        raw = raw or {}
-        return cls(
-            image_model=_one_of(raw.get("image_model"), IMAGE_MODELS),
-            image_aspect_ratio=_one_of(raw.get("image_aspect_ratio"), IMAGE_ASPECT_RATIOS),
-            image_count=_one_of(raw.get("image_count"), range(1, 10)),
-            video_mode=_one_of(raw.get("video_mode"), ("std", "pro")),
-            video_duration=_one_of(raw.get("video_duration"), ("5", "10")),
-            video_aspect_ratio=_one_of(raw.get("video_aspect_ratio"), VIDEO_ASPECT_RATIOS),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def image_options(
-        self,
-        *,
-        count: int | None,
-        aspect_ratio: str | None,
-        model: str | None,
-        server_model: str | None,
-    ) -> dict[str, Any]:
-        """Image parameters: the member's option, else this guild's default, else the
-        server-wide setting, else Kling's default. Stored resolved, so Again repeats them."""
-        image = TaskKind.IMAGE
-        return {
-            "n": first_set(count, self.image_count, request_default(image, "n")),
-            "aspect_ratio": first_set(
-                aspect_ratio, self.image_aspect_ratio, request_default(image, "aspect_ratio")
-            ),
-            "model_name": first_set(
-                model, self.image_model, server_model, request_default(image, "model_name")
-            ),
-        }
-
-    def video_options(
-        self, *, mode: str | None, duration: str | None, aspect_ratio: str | None
-    ) -> dict[str, Any]:
-        """Video parameters, resolved like ``image_options``."""
-        video = TaskKind.VIDEO
-        return {
-            "mode": first_set(mode, self.video_mode, request_default(video, "mode")),
-            "duration": first_set(
-                duration, self.video_duration, request_default(video, "duration")
-            ),
-            "aspect_ratio": first_set(
-                aspect_ratio, self.video_aspect_ratio, request_default(video, "aspect_ratio")
-            ),
-            "model_name": request_default(video, "model_name"),
-        }
-
-
-@dataclass(slots=True)
-class GuildConfig:
-    allowed_channels: list[int] = field(default_factory=list)
-    max_active: int = DEFAULT_MAX_ACTIVE
-    daily_limit: int = DEFAULT_DAILY_LIMIT
-    blocked_words: list[str] = field(default_factory=list)
-    moderator_role_id: int | None = None
-    defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
-
-    @classmethod
-    def from_dict(
-        cls,
-        raw: dict[str, Any] | None,
-        *,
-        max_active: int = DEFAULT_MAX_ACTIVE,
-        daily_limit: int = DEFAULT_DAILY_LIMIT,
-    ) -> GuildConfig:
-        """The guild's stored config; limits it never set come from the server-wide defaults."""
-        raw = raw or {}
-
-        def limit(key: str, default: int) -> int:
-            value = raw.get(key)
-            return default if value is None else int(value)
-
-        role = raw.get("moderator_role_id")
-        return cls(
-            allowed_channels=[int(c) for c in raw.get("allowed_channels") or []],
-            max_active=limit("max_active", max_active),
-            daily_limit=limit("daily_limit", daily_limit),
-            blocked_words=[str(w) for w in raw.get("blocked_words") or []],
-            moderator_role_id=int(role) if role else None,
-            defaults=GenerationDefaults.from_dict(raw.get("defaults")),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "allowed_channels": list(self.allowed_channels),
-            "max_active": self.max_active,
-            "daily_limit": self.daily_limit,
-            "blocked_words": list(self.blocked_words),
-            "moderator_role_id": self.moderator_role_id,
-            "defaults": self.defaults.to_dict(),
-        }
-
-
-async def guild_config(bot: KlingBot, guild_id: int | None) -> GuildConfig:
-    settings = bot.settings
-    raw = await bot.tracker.store.get_guild_config(guild_id) if guild_id is not None else {}
-    return GuildConfig.from_dict(
-        raw, max_active=settings.member_max_active, daily_limit=settings.member_daily_limit
-    )
+        super().__init__("refused.not_moderator")
 
 
 def is_moderator(interaction: discord.Interaction[Any], config: GuildConfig) -> bool:
@@ -200,9 +74,9 @@ def is_moderator(interaction: discord.Interaction[Any], config: GuildConfig) -> 
     return False
 
 
-async def require_moderator(interaction: discord.Interaction[KlingBot]) -> bool:
+async def require_moderator(interaction: discord.Interaction[Any]) -> bool:
     """Run-time check for moderator commands: default_permissions is only a hint."""
-    config = await guild_config(interaction.client, interaction.guild_id)
+    config = await load_guild_config(app_of(interaction), interaction.guild_id)
     if not is_moderator(interaction, config):
         raise NotModerator()
     return True
@@ -219,45 +93,45 @@ def blocked_word_in(config: GuildConfig, *texts: str | None) -> str | None:
 
 
 async def check_request(
-    interaction: discord.Interaction[KlingBot],
+    app: DiscordApp,
+    interaction: discord.Interaction[Any],
     *,
     prompt: str | None,
     negative_prompt: str | None,
 ) -> None:
-    """Channel, limits and blocked words; raises Refused with a message for the member."""
-    bot = interaction.client
-    store = bot.tracker.store
-    config = await guild_config(bot, interaction.guild_id)
-    channel_id = interaction.channel_id
-    if interaction.guild_id is not None and config.allowed_channels:
-        # A thread counts as its parent channel.
-        channel = interaction.channel
-        parent_id = getattr(channel, "parent_id", None)
-        if channel_id not in config.allowed_channels and parent_id not in config.allowed_channels:
-            where = ", ".join(f"<#{c}>" for c in config.allowed_channels[:10])
-            raise Refused(f"Kling generation is not enabled in this channel. Try {where}.")
+    """Channel, blocked words and the member's limits, in that order (cheapest first)."""
+    config = await load_guild_config(app, interaction.guild_id)
+    _check_channel(interaction, config)
     word = blocked_word_in(config, prompt, negative_prompt)
     if word is not None:
-        raise Refused(f"Your prompt contains the blocked word “{word}”. Reword it and try again.")
-    user_id = interaction.user.id
+        raise Refused("refused.blocked_word", word=word)
+    await _check_member_limits(app, interaction, config)
+
+
+def _check_channel(interaction: discord.Interaction[Any], config: GuildConfig) -> None:
+    if interaction.guild_id is None or not config.allowed_channels:
+        return
+    # A thread counts as its parent channel.
+    parent_id = getattr(interaction.channel, "parent_id", None)
+    allowed = config.allowed_channels
+    if interaction.channel_id not in allowed and parent_id not in allowed:
+        where = ", ".join(f"<#{c}>" for c in allowed[:CHANNELS_NAMED])
+        raise Refused("refused.channel_not_allowed", channels=where)
+
+
+async def _check_member_limits(
+    app: DiscordApp, interaction: discord.Interaction[Any], config: GuildConfig
+) -> None:
+    tasks = app.tracker.tasks
+    guild_id, user_id = interaction.guild_id, interaction.user.id
     if config.max_active > 0:
-        active = await store.count_tasks(
-            guild_id=interaction.guild_id, user_id=user_id, states=ACTIVE_STATES
-        )
+        active = await tasks.count_tasks(guild_id=guild_id, user_id=user_id, states=ACTIVE_STATES)
         if active >= config.max_active:
-            raise Refused(
-                f"You already have {t('count.task', count=active)} running "
-                f"(limit {config.max_active}). "
-                "Wait for one to finish — see `/kling queue`."
-            )
+            raise Refused("refused.max_active", count=active, limit=config.max_active)
     if config.daily_limit > 0:
-        today = await store.count_tasks(
-            guild_id=interaction.guild_id, user_id=user_id, since=time.time() - DAY
-        )
+        today = await tasks.count_tasks(guild_id=guild_id, user_id=user_id, since=time.time() - DAY)
         if today >= config.daily_limit:
-            raise Refused(
-                f"You reached the limit of {config.daily_limit} tasks in 24 hours. Try again later."
-            )
+            raise Refused("refused.daily_limit", limit=config.daily_limit)
 
 
 def attachment_name(label: str, attachment: discord.Attachment) -> str:
@@ -272,19 +146,16 @@ def check_attachments(attachments: Sequence[tuple[str, discord.Attachment]]) -> 
         name = attachment_name(label, attachment)
         kind = attachment.content_type  # None when Discord could not tell
         if kind and not kind.lower().startswith(("image/", "application/octet-stream")):
-            raise Refused(
-                f"{name} is not an image (Discord says it is {kind}). "
-                "Attach a JPEG, PNG, WebP or GIF."
-            )
+            raise Refused("refused.attachment_not_image", name=name, kind=kind)
         if attachment.size > MAX_ATTACHMENT_BYTES:
-            raise Refused(
-                f"{name} is {attachment.size / 2**20:.1f} MB, more than the 25 MB this bot reads. "
-                "Attach a smaller image (a JPEG or PNG under 10 MB is best)."
-            )
+            size = f"{attachment.size / 2**20:.1f}"
+            raise Refused("refused.attachment_too_large", name=name, size=size)
         w, h = attachment.width, attachment.height  # None when Discord did not measure it
         if w and h and w * h > MAX_PIXELS:
             raise Refused(
-                f"{name} is {w:,}x{h:,} pixels ({w * h / 1e6:.0f} megapixels), more than the "
-                f"{MAX_PIXELS / 1e6:g} megapixels this bot can work on. "
-                "Resize it and attach it again."
+                "refused.attachment_too_many_pixels",
+                name=name,
+                size=f"{w:,}x{h:,}",
+                megapixels=f"{w * h / 1e6:.0f}",
+                limit=f"{MAX_PIXELS / 1e6:g}",
             )

@@ -1,106 +1,91 @@
-"""The one error handler for slash commands, and a reply helper that works at any stage.
+"""The one error reporter: what a member is told when a command, button or modal fails.
 
-Known errors become short ephemeral messages; anything else is logged with its traceback and
+Known errors (a refusal, a missing permission, a cooldown, a replaced database file) become a
+short private message in the member's language; anything else is logged with its traceback and
 the member gets an error id that is also in the log, so a report can be matched to its cause.
+The command tree calls ``report_error`` from ``on_error``; every component and modal callback
+calls it from its own ``except``.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import discord
 from discord import app_commands
 
+from bot.discord.checks import Refused
+from bot.discord.context import locale_of
+from bot.discord.permissions import permission_names, posts_in_channel, require_channel_permissions
+from bot.discord.replies import refuse
 from bot.tasks.store import DatabaseFileChanged
-
-if TYPE_CHECKING:
-    from bot.discord.bot import KlingBot
+from bot.text import t
 
 log = logging.getLogger(__name__)
 
-# What the bot needs in a channel to post results (threads need their own send permission).
-# Read Message History: after an ambiguous failure delivery reads the channel to find its post.
-REQUIRED_PERMISSIONS = (
-    "view_channel",
-    "send_messages",
-    "attach_files",
-    "embed_links",
-    "read_message_history",
-)
+
+def message_for(error: BaseException, locale: str | None = None) -> str | None:
+    """The member's words for a known error, or None for one that is a bug or an outage."""
+    if isinstance(error, Refused):
+        return error.words(locale)
+    if isinstance(error, app_commands.CommandOnCooldown):
+        return t("error.cooldown", locale, seconds=f"{error.retry_after:.0f}")
+    if isinstance(error, app_commands.BotMissingPermissions):
+        names = permission_names(error.missing_permissions)
+        return t("error.bot_missing_permissions", locale, permissions=names)
+    if isinstance(error, app_commands.MissingPermissions):
+        names = permission_names(error.missing_permissions)
+        return t("error.member_missing_permissions", locale, permissions=names)
+    if isinstance(error, app_commands.NoPrivateMessage):
+        return t("error.server_only", locale)
+    if isinstance(error, app_commands.CheckFailure):
+        text = str(error)
+        # discord.py's generic CheckFailure text is not meant for members.
+        if not text or text.startswith("The check functions"):
+            return t("error.check_failed", locale)
+        return text
+    if isinstance(error, app_commands.TransformerError):
+        return t("error.bad_option_value", locale, value=error.value)
+    if isinstance(error, app_commands.CommandNotFound | app_commands.CommandSignatureMismatch):
+        return t("error.command_out_of_date", locale)
+    if isinstance(error, DatabaseFileChanged):
+        return t("error.database_file_changed", locale)
+    original = getattr(error, "original", None)  # CommandInvokeError wraps the callback's error
+    if isinstance(original, BaseException):
+        return message_for(original, locale)
+    return None
 
 
-def permission_names(names: list[str]) -> str:
-    return ", ".join(name.replace("_", " ").title() for name in names)
-
-
-async def reply(
-    interaction: discord.Interaction[Any],
-    content: str | None = None,
-    *,
-    embed: discord.Embed | None = None,
-    ephemeral: bool = True,
-    view: discord.ui.View | None = None,
+async def report_error(
+    interaction: discord.Interaction[Any], error: BaseException, what: str
 ) -> None:
-    """Answer whether or not the interaction was already responded to or deferred."""
-    kwargs: dict[str, Any] = {"content": content, "ephemeral": ephemeral}
-    if embed is not None:
-        kwargs["embed"] = embed
-    if view is not None:
-        kwargs["view"] = view
-    if interaction.response.is_done():
-        await interaction.followup.send(**kwargs)
-    else:
-        await interaction.response.send_message(**kwargs)
+    """Tell the member what went wrong (privately); log what was not their doing."""
+    locale = locale_of(interaction)
+    message = message_for(error, locale)
+    if message is None:
+        error_id = secrets.token_hex(3).upper()
+        log.error(
+            "%s failed (error id %s, guild %s, user %s)",
+            what,
+            error_id,
+            interaction.guild_id,
+            interaction.user.id,
+            exc_info=getattr(error, "original", error),
+        )
+        message = t("error.unexpected", locale, error_id=error_id)
+    try:
+        await refuse(interaction, message)
+    except discord.HTTPException:
+        # The token may have expired or the interaction was never acknowledged in time.
+        log.warning("could not tell the member about an error", exc_info=True)
 
 
-async def refuse(interaction: discord.Interaction[Any], message: str) -> None:
-    """Tell only the member; remove a public "thinking..." placeholder nobody needs to see."""
-    placeholder = (
-        interaction.response.type is discord.InteractionResponseType.deferred_channel_message
-        and not interaction.extras.get("status_shown")
-    )
-    if placeholder:
-        # Discord turns the first followup after a deferral into the deferred message itself,
-        # ignoring its ephemeral flag: remove the placeholder first so the refusal stays private.
-        try:
-            await interaction.delete_original_response()
-        except discord.HTTPException:
-            log.debug("could not delete the deferred placeholder", exc_info=True)
-    await reply(interaction, message, ephemeral=True)
+class KlingCommandTree(app_commands.CommandTree[discord.Client]):
+    """Checks the bot's channel permissions before a command that posts, reports errors."""
 
-
-def missing_channel_permissions(interaction: discord.Interaction[Any]) -> list[str]:
-    if interaction.guild_id is None:
-        return []
-    perms = interaction.app_permissions
-    in_thread = isinstance(interaction.channel, discord.Thread)
-    wanted = [
-        "send_messages_in_threads" if in_thread and name == "send_messages" else name
-        for name in REQUIRED_PERMISSIONS
-    ]
-    return [name for name in wanted if not getattr(perms, name)]
-
-
-def require_channel_permissions(interaction: discord.Interaction[Any]) -> None:
-    """Refuse up front, naming the permissions, instead of failing when the result is ready.
-
-    Only for what ends in a post in the channel (generation commands, Again, Animate):
-    ephemeral answers need none of these permissions.
-    """
-    missing = missing_channel_permissions(interaction)
-    if missing:
-        raise app_commands.BotMissingPermissions(missing)
-
-
-def posts_in_channel(command: Any) -> bool:
-    """Commands mark this with ``extras={"posts_in_channel": True}``."""
-    return bool(getattr(command, "extras", {}).get("posts_in_channel"))
-
-
-class KlingCommandTree(app_commands.CommandTree["KlingBot"]):
-    async def interaction_check(self, interaction: discord.Interaction[KlingBot], /) -> bool:
+    async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
         if interaction.type is not discord.InteractionType.application_command:
             return True
         if posts_in_channel(interaction.command):
@@ -108,56 +93,9 @@ class KlingCommandTree(app_commands.CommandTree["KlingBot"]):
         return True
 
     async def on_error(
-        self, interaction: discord.Interaction[KlingBot], error: app_commands.AppCommandError, /
+        self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError, /
     ) -> None:
-        message = self.message_for(error)
-        if message is None:
-            error_id = secrets.token_hex(3).upper()
-            command = interaction.command.qualified_name if interaction.command else "?"
-            original = getattr(error, "original", error)
-            log.error(
-                "command /%s failed (error id %s, guild %s, user %s)",
-                command,
-                error_id,
-                interaction.guild_id,
-                interaction.user.id,
-                exc_info=original,
-            )
-            message = f"Something went wrong (error id {error_id}). Please try again later."
-        try:
-            await refuse(interaction, message)
-        except discord.HTTPException:
-            # The token may have expired or the interaction was never acknowledged in time.
-            log.warning("could not tell the member about an error", exc_info=True)
+        command = interaction.command.qualified_name if interaction.command else "?"
+        await report_error(interaction, error, f"command /{command}")
 
-    @staticmethod
-    def message_for(error: app_commands.AppCommandError) -> str | None:
-        if isinstance(error, app_commands.CommandOnCooldown):
-            return f"Slow down: try again in {error.retry_after:.0f} s."
-        if isinstance(error, app_commands.BotMissingPermissions):
-            return (
-                "I am missing permissions in this channel: "
-                f"{permission_names(error.missing_permissions)}. Ask a server admin to grant "
-                "them, or use another channel."
-            )
-        if isinstance(error, app_commands.MissingPermissions):
-            return f"You need these permissions: {permission_names(error.missing_permissions)}."
-        if isinstance(error, app_commands.NoPrivateMessage):
-            return "This command only works in a server."
-        if isinstance(error, app_commands.CheckFailure):
-            text = str(error)
-            # discord.py's generic CheckFailure text is not meant for members.
-            if not text or text.startswith("The check functions"):
-                return "You cannot use this command here."
-            return text
-        if isinstance(error, app_commands.TransformerError):
-            return f"I could not use “{error.value}” for this option: check the value."
-        if isinstance(error, app_commands.CommandNotFound | app_commands.CommandSignatureMismatch):
-            return "This command is out of date. Please try again in a minute."
-        if isinstance(getattr(error, "original", None), DatabaseFileChanged):
-            return (
-                "The bot cannot take new tasks right now: its database file was deleted or "
-                "replaced. Nothing was sent to Kling and no credits were used. Please tell a "
-                "server admin."
-            )
-        return None
+    message_for = staticmethod(message_for)

@@ -1,73 +1,31 @@
 """The thin entry point that owns the bot's lifecycle (discord.py's advanced_startup pattern).
 
-``run_bot`` creates the HTTP session, the store, the Kling client (or the in-process simulator)
-and the tracker, injects them into ``KlingBot``, runs it, and closes everything in reverse order.
-``sync_commands`` registers the slash commands over REST only, without starting anything else.
+``run_bot`` builds everything through the composition root (``bot.app.open_app``: the HTTP
+session, the stores, the Kling client or the in-process simulator, the task core), injects the
+task core into ``KlingBot``, runs it, and closes everything in reverse order. ``sync_commands``
+registers the slash commands over REST only, without starting anything else.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import discord
 
+from bot.app import open_app
 from bot.config import Settings
 from bot.discord.bot import KlingBot
-from bot.kling.client import KlingClient
-from bot.tasks.store import TaskStore, open_store
-from bot.tasks.tracker import Tracker
 from bot.text import t
-from kling_sim.simulator import SimulatorConfig, simulated_settings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class Services:
-    settings: Settings  # with KLING_BASE_URL pointing at the simulator when simulating
-    session: aiohttp.ClientSession
-    store: TaskStore
-    client: KlingClient
-    tracker: Tracker
-
-
-@contextlib.asynccontextmanager
-async def open_services(
-    settings: Settings,
-    *,
-    simulate: bool = False,
-    simulator_config: SimulatorConfig | None = None,
-) -> AsyncIterator[Services]:
-    """Everything the bot needs besides Discord; closed in reverse order on exit.
-
-    The tracker is created, not started: ``KlingBot.setup_hook`` starts it once delivery has
-    subscribed, and closing it here happens after the bot is closed.
-    """
-    async with contextlib.AsyncExitStack() as stack:
-        settings = await simulated_settings(
-            settings, stack, force=simulate, config=simulator_config
-        )
-        session = aiohttp.ClientSession()
-        stack.push_async_callback(session.close)
-        client = KlingClient.from_settings(settings, session)
-        store = open_store(settings)
-        await store.open()
-        stack.push_async_callback(store.close)
-        tracker = Tracker(settings=settings, store=store, client=client, session=session)
-        stack.push_async_callback(tracker.close)
-        yield Services(settings, session, store, client, tracker)
 
 
 async def run_bot(settings: Settings, *, simulate: bool) -> None:
     """Run the bot until it is stopped. Raises ConfigError for missing settings."""
     token = settings.require_discord_token()
-    async with open_services(settings, simulate=simulate) as services:
-        bot = KlingBot(settings=services.settings, tracker=services.tracker)
+    async with open_app(settings, simulate=simulate) as app:
+        bot = KlingBot(settings=app.settings, tracker=app.core)
         async with bot:
             await bot.start(token)
 

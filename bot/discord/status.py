@@ -16,15 +16,13 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import discord
 
 from bot.discord import embeds
+from bot.discord.context import HasCore, locale_of
 from bot.tasks.models import TaskEvent, TaskRecord
-
-if TYPE_CHECKING:
-    from bot.discord.bot import KlingBot
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +62,17 @@ class _Live:
 
 
 class StatusMessages:
-    def __init__(self, bot: KlingBot) -> None:
-        self.bot = bot
+    """Follows each submitted task in the reply to its command (``follow``), and edits that
+    reply as the core's events (``on_event``) move the task on."""
+
+    def __init__(self, app: HasCore) -> None:
+        self.app = app
         self._live: dict[int, _Live] = {}
         self._behind: dict[int, None] = {}  # tasks whose message is behind, oldest first
         self._work = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self.interval = STATUS_EDIT_INTERVAL
         self.pacer = Pacer(STATUS_EDITS_PER_SECOND, STATUS_EDITS_AT_ONCE)
-
-    def __contains__(self, task_id: int) -> bool:
-        return task_id in self._live
 
     async def follow(
         self,
@@ -93,7 +91,7 @@ class StatusMessages:
         entry = _Live(interaction, expires, changes)
         self._live[task.id] = entry
         # The task may have moved on between submit and now: show its current record.
-        current = await self.bot.tracker.store.get(task.id) or task
+        current = await self.app.tracker.tasks.get(task.id) or task
         await self._edit(task.id, entry, current)
 
     async def on_event(self, event: TaskEvent) -> None:
@@ -143,8 +141,9 @@ class StatusMessages:
             self._live.pop(task_id, None)
             return
         entry.last_edit = time.monotonic()
-        position = self.bot.tracker.queue_position(task_id) if task.is_active else None
-        embed = embeds.status_embed(task, position=position, changes=entry.changes)
+        position = self.app.tracker.queue_position(task_id) if task.is_active else None
+        locale = locale_of(entry.interaction)
+        embed = embeds.status_embed(task, locale, position=position, changes=entry.changes)
         try:
             await entry.interaction.edit_original_response(content=None, embed=embed)
         except discord.HTTPException as exc:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import jwt
 
 from bot.config import SIMULATOR_ACCESS_KEY, SIMULATOR_SECRET_KEY, ConfigError, Settings
+from bot.text import t
 
 _JWT_HEADERS = {"alg": "HS256", "typ": "JWT"}
 
@@ -90,22 +91,16 @@ def auth_from_settings(settings: Settings) -> Authenticator:
     The simulator signs JWTs with the public ``SIMULATOR_*`` keys unless ``KLING_ACCESS_KEY`` and
     ``KLING_SECRET_KEY`` are both set.
     """
-    flavour = settings.flavour
-    if flavour.auth == "bearer":
+    provider = settings.provider
+    if provider.auth == "bearer":
         key = settings.kling_api_key.get_secret_value() if settings.kling_api_key else ""
         if not key:
-            raise ConfigError(
-                f"KLING_API_KEY is not set: KLING_PROVIDER={flavour.name} needs the API key "
-                "your gateway issued"
-            )
+            raise ConfigError(t("kling.settings.api_key_missing", provider=provider.name))
         return BearerAuth(key)
     access = settings.kling_access_key.get_secret_value() if settings.kling_access_key else ""
     secret = settings.kling_secret_key.get_secret_value() if settings.kling_secret_key else ""
     if settings.simulated and not (access and secret):
         access, secret = SIMULATOR_ACCESS_KEY, SIMULATOR_SECRET_KEY
     if not access or not secret:
-        raise ConfigError(
-            f"KLING_ACCESS_KEY and KLING_SECRET_KEY must both be set for "
-            f"KLING_PROVIDER={flavour.name}"
-        )
+        raise ConfigError(t("kling.settings.jwt_keys_missing", provider=provider.name))
     return JwtAuth(access, secret)

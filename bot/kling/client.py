@@ -22,7 +22,7 @@ from urllib.parse import quote
 import aiohttp
 from pydantic import ValidationError
 
-from bot.config import Settings
+from bot.config import ConfigError, Settings
 from bot.kling.auth import Authenticator, auth_from_settings
 from bot.kling.errors import (
     KlingAuthExpired,
@@ -43,7 +43,9 @@ from bot.kling.models import (
     TaskKind,
     VideoTaskRequest,
 )
-from bot.kling.providers import Flavour
+from bot.kling.options import IMAGE_MODELS
+from bot.kling.providers import Flavour, flavour_for
+from bot.text import t
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +94,14 @@ class KlingClient:
         cls, settings: Settings, session: aiohttp.ClientSession, **kw: Any
     ) -> KlingClient:
         settings.require_kling_credentials()
+        require_known_image_model(settings)
         kw.setdefault("request_timeout", settings.kling_request_timeout)
         kw.setdefault("connect_timeout", settings.kling_connect_timeout)
         kw.setdefault("max_attempts", settings.kling_max_attempts)
         kw.setdefault("retry_budget", settings.kling_retry_budget)
         return cls(
             session,
-            flavour=settings.flavour,
+            flavour=flavour_for(settings.kling_provider),
             base_url=settings.kling_base(),
             auth=auth_from_settings(settings),
             **kw,
@@ -175,7 +178,7 @@ class KlingClient:
         self, kind: TaskKind, page: int = 1, page_size: int = 30
     ) -> list[KlingTask]:
         if not self.flavour.supports_list:
-            raise KlingConfigError(f"listing is not supported by {self.flavour.name}")
+            raise KlingConfigError(t("kling.client.no_listing", provider=self.flavour.name))
         if not 1 <= page <= 1000:
             raise ValueError("page must be between 1 and 1000")
         if not 1 <= page_size <= 500:
@@ -188,7 +191,7 @@ class KlingClient:
             if data is None:
                 return []
             if not isinstance(data, list):
-                raise KlingServerError(f"malformed response to {label}: data is not a list")
+                raise KlingServerError(t("kling.client.malformed_list", call=label))
             tasks = []
             for item in data:
                 try:
@@ -278,11 +281,13 @@ class KlingClient:
             # Only the connect timeout is set among aiohttp's own, so the connection never opened.
             self._called(label, None)
             raise KlingNetworkError(
-                f"{label}: could not connect within {self._timeout.sock_connect}s"
+                t("kling.client.no_connection", call=label, seconds=self._timeout.sock_connect)
             ) from exc
         except TimeoutError as exc:
             self._called(label, None)
-            raise KlingNetworkError(f"{label}: no answer within {self._timeout.total}s") from exc
+            raise KlingNetworkError(
+                t("kling.client.no_answer", call=label, seconds=self._timeout.total)
+            ) from exc
         except aiohttp.ClientError as exc:
             self._called(label, None)
             raise KlingNetworkError(f"{label}: {type(exc).__name__}: {exc}") from exc
@@ -293,12 +298,11 @@ class KlingClient:
             if status in (401, 403):
                 # A gateway's own refusal of the key, in its own format: no retry fixes it.
                 raise KlingConfigError(
-                    f"{label}: HTTP {status} without Kling's envelope: the API key or the "
-                    "KLING_BASE_URL is not accepted",
+                    t("kling.client.refused_without_envelope", call=label, status=status),
                     http_status=status,
                 ) from exc
             raise KlingServerError(
-                f"malformed response to {label} (HTTP {status}, {len(raw)} bytes)",
+                t("kling.client.malformed", call=label, status=status, size=len(raw)),
                 http_status=status,
             ) from exc
         self._called(label, envelope.code)
@@ -319,7 +323,19 @@ def _parse_task(data: Any, label: str) -> KlingTask:
     try:
         return KlingTask.model_validate(data)
     except ValidationError as exc:
-        raise KlingServerError(f"malformed response to {label}: not a task") from exc
+        raise KlingServerError(t("kling.client.malformed_task", call=label)) from exc
+
+
+def require_known_image_model(settings: Settings) -> None:
+    """KLING_IMAGE_MODEL names a model Kling has (``bot.config`` cannot know the list)."""
+    if settings.kling_image_model not in IMAGE_MODELS:
+        raise ConfigError(
+            t(
+                "kling.settings.unknown_image_model",
+                value=settings.kling_image_model,
+                models=", ".join(IMAGE_MODELS),
+            )
+        )
 
 
 def _with_external_id(task: KlingTask, ext_id: str) -> KlingTask:

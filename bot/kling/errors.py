@@ -1,20 +1,36 @@
 """Kling's failures as a small exception hierarchy.
 
 Kling reports what went wrong in the body's ``code``, not the HTTP status (billing problems come
-with HTTP 429, for example), so every decision here is made on the code.
+with HTTP 429, for example), so every decision here is made on the code. What a member is told
+comes from the text catalogue (``kling.po``): each class names its key, ``text_key``.
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+from bot.text import t
+
+
+class CatalogueText:
+    """``user_message``: the sentence of the class's ``text_key``, read from the catalogue when
+    it is used, on the class (``KlingPolicyError.user_message``) as on an instance. An instance
+    may still be given a sentence of its own by assignment."""
+
+    def __get__(self, obj: object | None, owner: type[Any] | None = None) -> str:
+        cls: type[Any] = owner if owner is not None else type(obj)
+        return t(cls.text_key)
 
 
 class KlingError(Exception):
     """Base of every error from talking to Kling.
 
     ``message`` is Kling's own text (for logs and moderators); ``user_message`` is one short
-    sentence fit to show a Discord member.
+    sentence fit to show a Discord member, the catalogue's ``text_key``.
     """
 
-    user_message = "Kling could not handle the request."
+    text_key = "kling.error.generic"
+    user_message = CatalogueText()
     retryable = False
 
     def __init__(
@@ -39,7 +55,7 @@ class KlingError(Exception):
 class KlingConfigError(KlingError):
     """Authentication, permission or endpoint problems: only the operator can fix them."""
 
-    user_message = "The bot's Kling account is not set up correctly; a moderator has to fix it."
+    text_key = "kling.error.config"
 
 
 class KlingAuthExpired(KlingConfigError):
@@ -51,46 +67,46 @@ class KlingAuthExpired(KlingConfigError):
 class KlingBillingError(KlingError):
     """The account is in arrears or out of credits (1100-1102)."""
 
-    user_message = "The bot's Kling account has run out of credits; please tell a moderator."
+    text_key = "kling.error.billing"
 
 
 class KlingInvalidRequest(KlingError):
     """Kling rejected a parameter (1200, 1201). The message names the field."""
 
-    user_message = "Kling rejected the request's parameters."
+    text_key = "kling.error.invalid_request"
 
 
 class KlingPolicyError(KlingError):
     """Platform policy or content safety (1300, 1301)."""
 
-    user_message = "Kling refused the request under its content policy; try other images or words."
+    text_key = "kling.error.policy"
 
 
 class KlingRateLimited(KlingError):
     """Requests too fast (1302)."""
 
-    user_message = "Kling is busy right now; the bot will try again shortly."
+    text_key = "kling.error.rate_limited"
     retryable = True
 
 
 class KlingConcurrencyLimit(KlingError):
     """The account's concurrent tasks are all in use (1303)."""
 
-    user_message = "All of the bot's Kling slots are busy; the task waits in the queue."
+    text_key = "kling.error.concurrency_limit"
     retryable = True
 
 
 class KlingServerError(KlingError):
     """Kling's side failed (5000-5002, a 5xx, or a body we could not read)."""
 
-    user_message = "Kling is having trouble; the bot will try again."
+    text_key = "kling.error.server"
     retryable = True
 
 
 class KlingNetworkError(KlingError):
     """A timeout or a dropped connection: we do not know whether Kling saw the request."""
 
-    user_message = "The bot could not reach Kling; it will try again."
+    text_key = "kling.error.network"
     retryable = True
 
 

@@ -8,23 +8,30 @@ One ``KlingTask`` model serves create, query, list and callback bodies.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-MAX_PROMPT_CHARS = 2500
-MAX_INPUT_IMAGES = 4
-
-ImageModel = Literal["kling-v2", "kling-v2-1"]
-VideoModel = Literal["kling-v1-6"]
-ImageAspectRatio = Literal["16:9", "9:16", "1:1", "4:3", "3:4", "3:2", "2:3", "21:9"]
-VideoAspectRatio = Literal["16:9", "9:16", "1:1"]
-VideoMode = Literal["std", "pro"]
-VideoDuration = Literal["5", "10"]
-
-IMAGE_MODELS: tuple[str, ...] = ImageModel.__args__
-IMAGE_ASPECT_RATIOS: tuple[str, ...] = ImageAspectRatio.__args__
-VIDEO_ASPECT_RATIOS: tuple[str, ...] = VideoAspectRatio.__args__
+from bot.kling.options import (
+    DEFAULT_IMAGE_ASPECT_RATIO,
+    DEFAULT_IMAGE_COUNT,
+    DEFAULT_IMAGE_MODEL,
+    DEFAULT_VIDEO_ASPECT_RATIO,
+    DEFAULT_VIDEO_DURATION,
+    DEFAULT_VIDEO_MODE,
+    DEFAULT_VIDEO_MODEL,
+    IMAGE_COUNT_MAX,
+    IMAGE_COUNT_MIN,
+    MAX_EXTERNAL_TASK_ID_CHARS,
+    MAX_INPUT_IMAGES,
+    MAX_PROMPT_CHARS,
+    ImageAspectRatio,
+    ImageModel,
+    VideoAspectRatio,
+    VideoDuration,
+    VideoMode,
+    VideoModel,
+)
 
 
 class TaskKind(StrEnum):
@@ -62,18 +69,18 @@ class _Request(BaseModel):
     negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     watermark: bool | None = None
     callback_url: str | None = None
-    external_task_id: str | None = Field(default=None, max_length=128)
+    external_task_id: str | None = Field(default=None, max_length=MAX_EXTERNAL_TASK_ID_CHARS)
 
 
 class ImageTaskRequest(_Request):
     """A multi-image to image task. Images are URLs or raw base64 strings."""
 
-    model_name: ImageModel = "kling-v2"
+    model_name: ImageModel = DEFAULT_IMAGE_MODEL
     subject_images: list[str] = Field(min_length=1, max_length=MAX_INPUT_IMAGES)
     scene_image: str | None = None
     style_image: str | None = None
-    n: int = Field(default=1, ge=1, le=9)
-    aspect_ratio: ImageAspectRatio = "16:9"
+    n: int = Field(default=DEFAULT_IMAGE_COUNT, ge=IMAGE_COUNT_MIN, le=IMAGE_COUNT_MAX)
+    aspect_ratio: ImageAspectRatio = DEFAULT_IMAGE_ASPECT_RATIO
 
     _check_subjects = field_validator("subject_images")(_no_data_uri)
 
@@ -91,12 +98,12 @@ class ImageTaskRequest(_Request):
 class VideoTaskRequest(_Request):
     """A multi-image to video task. The prompt is required."""
 
-    model_name: VideoModel = "kling-v1-6"
+    model_name: VideoModel = DEFAULT_VIDEO_MODEL
     images: list[str] = Field(min_length=1, max_length=MAX_INPUT_IMAGES)
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    mode: VideoMode = "std"
-    duration: VideoDuration = "5"
-    aspect_ratio: VideoAspectRatio = "16:9"
+    mode: VideoMode = DEFAULT_VIDEO_MODE
+    duration: VideoDuration = DEFAULT_VIDEO_DURATION
+    aspect_ratio: VideoAspectRatio = DEFAULT_VIDEO_ASPECT_RATIO
 
     _check_images = field_validator("images")(_no_data_uri)
 
@@ -194,7 +201,10 @@ class KlingTask(_Lenient):
         """The download URLs of every result, images and videos, in Kling's order."""
         if self.task_result is None:
             return []
-        items = [*self.task_result.images, *self.task_result.videos]
+        items: list[ImageResult | VideoResult] = [
+            *self.task_result.images,
+            *self.task_result.videos,
+        ]
         return [item.url for item in items if item.url]
 
 

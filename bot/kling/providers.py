@@ -1,19 +1,29 @@
 """The API flavours the bot speaks: Kling's own and the gateways that re-expose it.
 
 Every difference between them lives in this one table, so the client has no
-``if provider == ...`` branches: it asks the flavour for a URL or a body.
+``if provider == ...`` branches: it asks the flavour for a URL or a body. Each flavour's
+address and sign-in scheme come from ``bot.config.PROVIDERS``, which the settings check needs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
+from bot.config import PROVIDERS, AuthScheme, Provider, ProviderName
 from bot.kling.errors import KlingInvalidRequest
 from bot.kling.models import ImageTaskRequest, TaskKind, VideoTaskRequest
+from bot.text import t
 
-ProviderName = Literal["official", "gateway", "gateway-native", "cometapi", "simulator"]
-AuthScheme = Literal["jwt", "bearer"]
+__all__ = [
+    "FLAVOURS",
+    "IMAGE_PATH",
+    "VIDEO_PATH",
+    "AuthScheme",
+    "Flavour",
+    "ProviderName",
+    "flavour_for",
+]
 
 IMAGE_PATH = "/v1/images/multi-image2image"
 VIDEO_PATH = "/v1/videos/multi-image2video"
@@ -21,9 +31,7 @@ VIDEO_PATH = "/v1/videos/multi-image2video"
 
 @dataclass(frozen=True, slots=True)
 class Flavour:
-    name: ProviderName
-    default_base_url: str | None
-    auth: AuthScheme
+    provider: Provider
     path_prefix: str = ""
     image_create_path: str = IMAGE_PATH
     image_query_path: str = IMAGE_PATH
@@ -32,6 +40,18 @@ class Flavour:
     subjects_as_strings: bool = False
     min_subjects: int = 1
     supports_list: bool = True
+
+    @property
+    def name(self) -> ProviderName:
+        return self.provider.name
+
+    @property
+    def default_base_url(self) -> str | None:
+        return self.provider.default_base_url
+
+    @property
+    def auth(self) -> AuthScheme:
+        return self.provider.auth
 
     def create_path(self, kind: TaskKind) -> str:
         path = self.image_create_path if kind is TaskKind.IMAGE else self.video_path
@@ -49,7 +69,7 @@ class Flavour:
             and len(request.subject_images) < self.min_subjects
         ):
             raise KlingInvalidRequest(
-                f"subject_image_list: {self.name} needs at least {self.min_subjects} subject images"
+                t("kling.request.min_subjects", provider=self.name, count=self.min_subjects)
             )
 
     def image_body(self, request: ImageTaskRequest) -> dict[str, Any]:
@@ -94,18 +114,12 @@ def _common(request: ImageTaskRequest | VideoTaskRequest) -> dict[str, Any]:
 
 FLAVOURS: dict[ProviderName, Flavour] = {
     # Kling's own API (seeds 002, 004): JWT signed with the access and secret keys.
-    "official": Flavour(
-        name="official",
-        default_base_url="https://api-singapore.klingai.com",
-        auth="jwt",
-    ),
+    "official": Flavour(PROVIDERS["official"]),
     # Resellers that re-expose Kling under /kling with a Bearer key, as seed 001 documents them:
     # "scence_image" and subjects as plain strings. Listing is not documented, so the poller
     # queries tasks one by one.
     "gateway": Flavour(
-        name="gateway",
-        default_base_url=None,
-        auth="bearer",
+        PROVIDERS["gateway"],
         path_prefix="/kling",
         scene_field="scence_image",
         subjects_as_strings=True,
@@ -114,17 +128,13 @@ FLAVOURS: dict[ProviderName, Flavour] = {
     # Seed 000's gateway: the same /kling prefix and Bearer key, but a "Kling native" body,
     # subjects as {"subject_image": ...} objects and "scene_image", as the official API has it.
     "gateway-native": Flavour(
-        name="gateway-native",
-        default_base_url=None,
-        auth="bearer",
+        PROVIDERS["gateway-native"],
         path_prefix="/kling",
         supports_list=False,
     ),
     # CometAPI (seed 003): its own create path, 2..4 subjects, "scence_image".
     "cometapi": Flavour(
-        name="cometapi",
-        default_base_url="https://api.cometapi.com",
-        auth="bearer",
+        PROVIDERS["cometapi"],
         path_prefix="/kling",
         image_create_path="/v1/images/generations",
         image_query_path="/v1/images/generations",
@@ -133,7 +143,7 @@ FLAVOURS: dict[ProviderName, Flavour] = {
         supports_list=False,
     ),
     # The built-in simulator speaks the official flavour, JWT included, on a loopback port.
-    "simulator": Flavour(name="simulator", default_base_url=None, auth="jwt"),
+    "simulator": Flavour(PROVIDERS["simulator"]),
 }
 
 

@@ -1,4 +1,4 @@
-"""A tiny Prometheus text exposition (format 0.0.4) for the tracker, without a client library.
+"""A tiny Prometheus text exposition (format 0.0.4) for the task core, without a client library.
 
 Counters and summaries live in memory (they restart at zero with the process, as Prometheus
 expects); gauges such as tasks per state are read from the store when ``/metrics`` is scraped
@@ -53,7 +53,7 @@ class Summary:
 
 
 class Metrics:
-    """The tracker's counters. Every method is cheap and synchronous."""
+    """The task core's counters. Every method is cheap and synchronous."""
 
     def __init__(self) -> None:
         self.kling_calls: Counter[tuple[str, str]] = Counter()  # (endpoint, code)

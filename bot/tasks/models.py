@@ -8,7 +8,7 @@ so durations and cleanup never depend on ``updated_at``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -38,6 +38,22 @@ FINAL_STATES: frozenset[TaskState] = frozenset(
 )
 
 
+class ClaimPurpose(StrEnum):
+    """What a process claims a task for (``TaskStore.claim``): one owner at a time does it."""
+
+    ADMIT = "admit"  # create it at Kling (holds its slots while the create runs)
+    COMPLETE = "complete"  # settle a final status: fetch the results, end the task
+    DELIVER = "deliver"  # post the outcome to Discord
+
+
+# The states each claim lives in: a transition to any other state ends the claim.
+CLAIM_STATES: dict[ClaimPurpose, frozenset[TaskState]] = {
+    ClaimPurpose.ADMIT: frozenset({TaskState.QUEUED}),
+    ClaimPurpose.COMPLETE: frozenset({TaskState.SUBMITTED, TaskState.PROCESSING}),
+    ClaimPurpose.DELIVER: AWAITING_DELIVERY,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Origin:
     """Who asked for a task and where its status and result are posted."""
@@ -50,7 +66,8 @@ class Origin:
 
 @dataclass(slots=True)
 class TaskRecord:
-    """One task as stored. Field order is the column order of the ``tasks`` table."""
+    """One task as stored. Field order is the order of the ``tasks`` table's columns (less the
+    store-only ones, such as ``files_removed_at``)."""
 
     id: int  # local id, shown to members as "#12"
     kind: TaskKind
@@ -78,7 +95,7 @@ class TaskRecord:
     result_urls: list[str]
     result_files: list[str]  # relative to DATA_DIR: "results/12/0.png"
     credits: str | None  # Kling's final_unit_deduction, as sent
-    failure_reason: str | None  # plain words, for members
+    failure_reason: str | None  # plain words, for members (rows from before failure codes)
     delivery_attempts: int
     delivery_error: str | None
     cancel_requested: bool
@@ -88,6 +105,18 @@ class TaskRecord:
     submit_attempts: int  # admission backoff after Kling's 1303 (too many tasks)
     not_before: float | None
     updated_at: float
+    # Coordination (``TaskStore.claim``): who works on the task now, for what, until when. A
+    # claim whose ``claim_until`` has passed is free to take (its owner died or gave up).
+    claim_owner: str | None = None
+    claim_purpose: ClaimPurpose | None = None
+    claim_until: float | None = None
+    posted_message_id: int | None = None  # the result's message, recorded before "delivered"
+    # Why it failed at Kling / could not be delivered, as a catalogue key's code and its
+    # parameters (bot.tasks.failures); the words are chosen when shown.
+    failure_code: str | None = None
+    failure_params: dict[str, str | int | float] = field(default_factory=dict)
+    delivery_error_code: str | None = None
+    delivery_error_params: dict[str, str | int | float] = field(default_factory=dict)
 
     @property
     def is_active(self) -> bool:

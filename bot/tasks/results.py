@@ -36,6 +36,8 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from bot.config import Settings
+from bot.tasks import failures as reasons
+from bot.tasks.failures import Failure
 
 log = logging.getLogger(__name__)
 
@@ -55,24 +57,23 @@ MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
 # One file's whole transfer, however steadily it moves: 200 MB at about 1 Mbit/s.
 MAX_TRANSFER_SECONDS = 1800.0
-REFUSED_ADDRESS = (
-    "Kling's result link points to a private or local network address, which the bot refuses"
-    " to fetch from, so the result files were not downloaded. The bot's operator can find the"
-    " details in its log."
-)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Origin = tuple[str, str, int]  # scheme, host, port
 
 
 class DownloadError(Exception):
-    """A result could not be fetched. ``str(e)`` is a sentence fit for a member.
+    """A result could not be fetched, for the reason ``failure`` (``str(e)``: its words).
 
     ``final``: retrying later cannot help. Otherwise (network errors, 5xx after the retries
-    here, odd answers) the tracker tries again later: the results live at Kling for 30 days.
+    here, odd answers) the task core tries again later: the results live at Kling 30 days.
     """
 
     final = False
+
+    def __init__(self, code: str, **params: str | int | float) -> None:
+        self.failure = Failure(code, dict(params))
+        super().__init__(self.failure.words())
 
 
 class ResultsGone(DownloadError):
@@ -115,7 +116,7 @@ class ResultDownloader:
     async def download_all(self, urls: Sequence[str], directory: Path) -> list[Path]:
         """Fetch every URL in order into ``directory``; returns the files written."""
         if not urls:
-            raise ResultsRefused("Kling reported success but sent no result files.")
+            raise ResultsRefused(reasons.RESULTS_NONE)
         for url in urls:
             self.check_url(url)
         await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
@@ -133,18 +134,15 @@ class ResultDownloader:
             return
         scheme = urlsplit(url).scheme
         if scheme != "https":
-            raise ResultsRefused(
-                f"Kling sent a result address the bot refuses to fetch ({scheme or 'no'}"
-                " scheme; only https is allowed)."
-            )
+            raise ResultsRefused(reasons.RESULTS_BAD_SCHEME, scheme=scheme or "no")
         if origin is None:
-            raise ResultsRefused("Kling sent a result address that is not a valid web address.")
+            raise ResultsRefused(reasons.RESULTS_INVALID_ADDRESS)
         # Kling's host and port under another scheme: the resolver, seeing only host and port,
         # would let it through.
         other_scheme = self._trusted is not None and origin[1:] == self._trusted[1:]
         if other_scheme or not _literal_may_be_public(origin[1]):
             log.warning("result URL refused: %s://%s:%d is not a public address", *origin)
-            raise ResultsRefused(REFUSED_ADDRESS)
+            raise ResultsRefused(reasons.RESULTS_PRIVATE_ADDRESS)
 
     @contextlib.asynccontextmanager
     async def _session(self) -> AsyncIterator[aiohttp.ClientSession]:
@@ -173,14 +171,13 @@ class ResultDownloader:
                 if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
                     exc.os_error, AddressRefused
                 ):
-                    raise ResultsRefused(REFUSED_ADDRESS) from exc  # logged by the resolver
+                    # Logged by the resolver.
+                    raise ResultsRefused(reasons.RESULTS_PRIVATE_ADDRESS) from exc
                 failures += 1
                 if failures >= self._attempts:
                     log.warning("%s result %d: giving up after %d attempts: %r",
                                 directory, index, failures, exc)  # fmt: skip
-                    raise DownloadError(
-                        f"The bot could not download Kling's result files ({_describe(exc)})."
-                    ) from exc
+                    raise _gave_up(exc) from exc
                 delay = random.uniform(0.5, 1.0) * self._base_delay * 2 ** (failures - 1)
                 log.info("%s result %d: attempt %d failed (%r), retrying in %.2fs",
                          directory, index, failures, exc, delay)  # fmt: skip
@@ -200,8 +197,7 @@ class ResultDownloader:
                     location = response.headers.get("Location")
                     if not location:
                         raise DownloadError(
-                            f"Kling's file server answered HTTP {response.status} without an"
-                            " address to follow."
+                            reasons.RESULTS_REDIRECT_NOWHERE, status=response.status
                         )
                     current = urljoin(current, location)
                     self.check_url(current)
@@ -209,26 +205,20 @@ class ResultDownloader:
                 final = await self._save(response, url, index, directory)
             log.info("%s: fetched in %.2fs", final, time.monotonic() - started)
             return final
-        raise ResultsRefused(
-            f"Kling's file server redirected more than {MAX_REDIRECTS} times for a result."
-        )
+        raise ResultsRefused(reasons.RESULTS_TOO_MANY_REDIRECTS, limit=MAX_REDIRECTS)
 
     async def _save(
         self, response: aiohttp.ClientResponse, url: str, index: int, directory: Path
     ) -> Path:
         if response.status in _GONE:
-            raise ResultsGone(
-                f"Kling's result files are no longer available (HTTP {response.status})."
-            )
+            raise ResultsGone(reasons.RESULTS_GONE, status=response.status)
         if response.status >= 500 or response.status == 429:
-            raise _Retryable(f"HTTP {response.status}")
+            raise _Retryable(response.status)
         if response.status != 200:
-            raise DownloadError(
-                f"Kling's file server answered HTTP {response.status} for a result."
-            )
+            raise DownloadError(reasons.RESULTS_HTTP, status=response.status)
         if (response.content_length or 0) > self._max_bytes:
             # Refused on the header alone: leaving the block closes the connection unread.
-            raise _TooBig(self._too_big_message())
+            raise self._too_big()
         extension = extension_for(url, response.headers.get("Content-Type"))
         final = directory / f"{index}.{extension}"
         # Written under a temporary name and renamed: a crash never leaves half a file.
@@ -248,15 +238,12 @@ class ResultDownloader:
             async for chunk in response.content.iter_chunked(_CHUNK):
                 size += len(chunk)
                 if size > self._max_bytes:
-                    raise _TooBig(self._too_big_message())
+                    raise self._too_big()
                 out.write(chunk)
         return size
 
-    def _too_big_message(self) -> str:
-        return (
-            f"A result file is larger than the bot's limit of {self._max_bytes // (1024 * 1024)}"
-            " MB (DOWNLOAD_MAX_BYTES)."
-        )
+    def _too_big(self) -> _TooBig:
+        return _TooBig(reasons.RESULTS_TOO_BIG, megabytes=self._max_bytes // (1024 * 1024))
 
 
 def transfer_timeout(stall_seconds: float) -> aiohttp.ClientTimeout:
@@ -326,7 +313,11 @@ class PublicAddressResolver(AbstractResolver):
 
 
 class _Retryable(Exception):
-    pass
+    """A 5xx or 429 from the file server: tried again."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
 
 
 class _TooBig(DownloadError):
@@ -390,10 +381,10 @@ def extension_for(url: str, content_type: str | None) -> str:
     return "bin"
 
 
-def _describe(exc: BaseException) -> str:
+def _gave_up(exc: BaseException) -> DownloadError:
     """For members: never aiohttp's own text, which names hosts and ports (the log has it)."""
     if isinstance(exc, TimeoutError):
-        return "timed out"
+        return DownloadError(reasons.RESULTS_TIMED_OUT)
     if isinstance(exc, _Retryable):
-        return str(exc)  # "HTTP 503"
-    return "the connection failed"
+        return DownloadError(reasons.RESULTS_SERVER_ERROR, status=exc.status)
+    return DownloadError(reasons.RESULTS_CONNECTION_FAILED)

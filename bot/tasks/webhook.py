@@ -5,7 +5,8 @@ where the token is an HMAC of the task's external id (``callback_token``). An un
 404, a body that is not that task's object a 400, a body over the limit a 413, a compressed one
 a 415 (Kling sends plain JSON), a body that does not arrive in time a 408. The handler never
 answers 500: anything unexpected is logged and answered 503 (Kling may retry; the poller is the
-safety net either way). The work a callback triggers runs after the answer, in the tracker.
+safety net either way). The work a callback triggers runs after the answer, in the task core
+(``callbacks``).
 
 The port faces the internet, so ``start_listener`` serves the app with limits (``ListenerLimits``):
 nothing is inflated, a request head must arrive within a few seconds and a body too, and
@@ -69,7 +70,7 @@ def callback_url(public_base_url: str, token: str) -> str:
 
 
 class WebhookBackend(Protocol):
-    """What the listener needs from the tracker."""
+    """What the listener needs from the task core (``TaskCore``)."""
 
     metrics: Metrics
 

@@ -82,7 +82,7 @@ def catalogue_keys(locale: str) -> frozenset[str]:
     keys: set[str] = set()
     for message in catalogue(locale):
         if message.id:
-            keys.add(message.id[0] if isinstance(message.id, tuple) else message.id)
+            keys.add(message.id if isinstance(message.id, str) else message.id[0])
     return frozenset(keys)
 
 

@@ -1,0 +1,55 @@
+"""Retention: the files of final tasks go after RETENTION_DAYS, once each.
+
+The rows stay (usage, history); only ``inputs/<id>`` and ``results/<id>`` are deleted, and each
+task is marked so that the hourly run never selects it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from bot.tasks.files import TaskFiles
+from bot.tasks.store import TaskStore
+
+log = logging.getLogger(__name__)
+
+CLEANUP_INTERVAL = 3600.0
+
+
+class Retention:
+    def __init__(
+        self,
+        *,
+        store: TaskStore,
+        files: TaskFiles,
+        days: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._files = files
+        self._days = days
+        self.clock = clock
+
+    async def cleanup_files(self) -> int:
+        """Delete inputs and results of final tasks older than the retention period; returns
+        how many directories went."""
+        cutoff = self.clock() - self._days * 86400
+        old = await self._store.files_due_for_removal(cutoff)
+        if not old:
+            return 0
+        removed = await self._files.cleanup(old)
+        await self._store.mark_files_removed(old)
+        if removed:
+            log.info("retention: removed the files of %d old tasks", removed)
+        return removed
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.cleanup_files()
+            except Exception:
+                log.exception("file cleanup failed; trying again in an hour")
+            await asyncio.sleep(CLEANUP_INTERVAL)

@@ -1,0 +1,38 @@
+"""Discord's numbers the fake uses: API prefix, snowflake epoch, permission and intent bits,
+upload limits per boost tier."""
+
+from __future__ import annotations
+
+DISCORD_EPOCH_MS = 1420070400000
+API_PREFIX = "/api/v10"
+MiB = 1024 * 1024
+
+# Permission bits used by the fake.
+P_ADMINISTRATOR = 1 << 3
+P_ADD_REACTIONS = 1 << 6
+P_VIEW_CHANNEL = 1 << 10
+P_SEND_MESSAGES = 1 << 11
+P_EMBED_LINKS = 1 << 14
+P_ATTACH_FILES = 1 << 15
+P_READ_MESSAGE_HISTORY = 1 << 16
+P_USE_EXTERNAL_EMOJIS = 1 << 18
+P_USE_APPLICATION_COMMANDS = 1 << 31
+P_SEND_MESSAGES_IN_THREADS = 1 << 38
+ALL_PERMISSIONS = (1 << 53) - 1
+DEFAULT_EVERYONE_PERMISSIONS = (
+    P_ADD_REACTIONS
+    | P_VIEW_CHANNEL
+    | P_SEND_MESSAGES
+    | P_EMBED_LINKS
+    | P_ATTACH_FILES
+    | P_READ_MESSAGE_HISTORY
+    | P_USE_EXTERNAL_EMOJIS
+    | P_USE_APPLICATION_COMMANDS
+    | P_SEND_MESSAGES_IN_THREADS
+)
+BOT_PERMISSIONS = DEFAULT_EVERYONE_PERMISSIONS
+
+INTENT_GUILD_MESSAGES = 1 << 9
+INTENT_DIRECT_MESSAGES = 1 << 12
+
+UPLOAD_LIMITS = {0: 10 * MiB, 1: 10 * MiB, 2: 50 * MiB, 3: 100 * MiB}
