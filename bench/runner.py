@@ -17,7 +17,6 @@ import random
 import re
 import signal
 import socket
-import sqlite3
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ import aiohttp
 from aiohttp import web
 
 from bench import report, strategies
+from bot.tasks.store import task_rows
 from kling_sim.simulator import Faults, KlingSimulator, SimulatorConfig
 from testing.fake_discord import FakeDiscord
 
@@ -348,9 +348,9 @@ async def run_ours(n: int, *, callbacks: bool, timing: Timing, workdir: Path) ->
                 await asyncio.sleep(2.0)  # would a duplicate post follow?
         finally:
             await _stop(process)
-        ids = dict(
-            sqlite3.connect(data / "bot.db").execute("SELECT id, external_task_id FROM tasks")
-        )
+        ids = {
+            row["id"]: row["external_task_id"] for row in task_rows(f"sqlite:///{data / 'bot.db'}")
+        }
         posted_at: dict[str, float] = {}
         for rec in world.posts():
             footers = [

@@ -165,9 +165,6 @@ class Settings(BaseSettings):
     def provider(self) -> Provider:
         return PROVIDERS[self.kling_provider]
 
-    # Transitional name of ``provider`` for readers not yet switched (bot/tasks/results.py).
-    flavour = provider
-
     @property
     def simulated(self) -> bool:
         return self.kling_provider == "simulator"

@@ -25,7 +25,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from typing import Any
 
 from bot.config import SIMULATOR_ACCESS_KEY, SIMULATOR_SECRET_KEY
 from bot.tasks.failures import describe_delivery_error, describe_failure
+from bot.tasks.store import task_rows
 from testing.fake_discord import FakeDiscord
 
 TOKEN = "crash-suite-bot-token"
@@ -219,21 +219,8 @@ def unexpected_log_lines(text: str, allowed: Iterable[str | re.Pattern[str]] = (
 
 
 def read_tasks(db_path: Path) -> list[dict[str, Any]]:
-    """Every task row, read straight from the bot's SQLite file (WAL: never blocks the bot)."""
-    if not db_path.exists():
-        return []
-    connection = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
-    try:
-        connection.row_factory = sqlite3.Row
-        try:
-            rows = connection.execute("SELECT * FROM tasks ORDER BY id").fetchall()
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                return []
-            raise
-        return [dict(row) for row in rows]
-    finally:
-        connection.close()
+    """Every task row of the running bot's database, read-only (WAL: never blocks the bot)."""
+    return task_rows(f"sqlite:///{db_path}")
 
 
 def _as_record(row: Mapping[str, Any]) -> SimpleNamespace:

@@ -259,7 +259,7 @@ def transfer_timeout(stall_seconds: float) -> aiohttp.ClientTimeout:
 def kling_origin(settings: Settings) -> str | None:
     """Kling's configured base URL, whose origin results may come from even when it is local
     (the simulator, a gateway on the operator's network). Real Kling serves https."""
-    return settings.kling_base_url or settings.flavour.default_base_url
+    return settings.kling_base_url or settings.provider.default_base_url
 
 
 async def download_results(

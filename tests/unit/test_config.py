@@ -22,7 +22,7 @@ def test_official_defaults_to_singapore() -> None:
     settings = load_settings(kling_access_key="ak", kling_secret_key="sk")
     settings.require_kling_credentials()
     assert settings.kling_base() == "https://api-singapore.klingai.com"
-    assert settings.flavour.auth == "jwt"
+    assert settings.provider.auth == "jwt"
 
 
 @pytest.mark.parametrize(
@@ -70,7 +70,7 @@ def test_gateway_native_is_a_bearer_flavour(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("KLING_BASE_URL", "https://gw.test/")
     settings = load_settings()
     settings.require_kling_credentials()
-    assert (settings.flavour.name, settings.flavour.auth) == ("gateway-native", "bearer")
+    assert (settings.provider.name, settings.provider.auth) == ("gateway-native", "bearer")
     assert settings.kling_base() == "https://gw.test"
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bot.config import ConfigError, Settings
+from bot.config import ConfigError
 from bot.kling.models import TaskKind
 from bot.tasks.models import (
     ACTIVE_STATES,
@@ -785,16 +785,6 @@ async def test_no_long_strings_in_params(store: SqliteTaskStore) -> None:
     assert got is not None and got.params == {"prompt": "p" * MAX_PARAM_CHARS}
 
 
-async def test_open_store_from_settings(tmp_path: Path) -> None:
-    path = tmp_path / "from-settings" / "bot.db"
-    settings = Settings(database_url=f"sqlite:///{path}", _env_file=None)  # type: ignore[call-arg]
-    store = open_store(settings)
-    assert isinstance(store, SqliteTaskStore) and store.path == path
-    async with store:
-        assert await store.ping()
-    assert path.exists()
-
-
 async def test_open_store_from_a_url_picks_sqlite_by_the_scheme(tmp_path: Path) -> None:
     path = tmp_path / "from-url" / "bot.db"
     stores = open_store(f"sqlite:///{path}")
@@ -822,3 +812,22 @@ def test_open_store_says_postgresql_is_not_there_yet_without_the_password(url: s
 def test_open_store_refuses_other_urls_naming_the_setting(url: str) -> None:
     with pytest.raises(ConfigError, match="DATABASE_URL must be sqlite:///PATH"):
         open_store(url)
+
+
+async def test_task_rows_reads_a_running_stores_rows_without_changing_the_database(
+    store: SqliteTaskStore, db_path: Path
+) -> None:
+    """What the crash suite and the bench watch: every row, read-only, while the store runs."""
+    from bot.tasks.store import id_mark_path, task_rows
+
+    assert task_rows(f"sqlite:///{db_path.with_name('absent.db')}") == []
+    first, second = await make(store), await make(store)
+    await store.transition(second.id, [TaskState.QUEUED], TaskState.CANCELLED)
+    mark_before = id_mark_path(db_path).read_text()
+    rows = task_rows(f"sqlite:///{db_path}")
+    assert [(row["id"], row["state"]) for row in rows] == [
+        (first.id, "queued"),
+        (second.id, "cancelled"),
+    ]
+    assert id_mark_path(db_path).read_text() == mark_before  # reading reserved no ids
+    assert (await make(store)).id == second.id + 1  # and the store goes on as before

@@ -1,0 +1,34 @@
+"""Every task row as stored, read through a read-only connection: for the crash and soak
+suites and the benchmark, which watch a running bot's database from another process.
+
+The one place outside the store's own connection that opens the database file, and it only
+reads: in WAL mode a reader never blocks the bot, and ``mode=ro`` can neither migrate nor
+write (no id mark, no counters), so watching cannot change what is watched.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from bot.tasks.store.urls import sqlite_path
+
+
+def task_rows(database_url: str) -> list[dict[str, Any]]:
+    """Every row of the tasks table, oldest first, as column -> stored value; [] before the
+    database or its table exists."""
+    path = sqlite_path(database_url)
+    if not path.exists():
+        return []
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        connection.row_factory = sqlite3.Row
+        try:
+            rows = connection.execute("SELECT * FROM tasks ORDER BY id").fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return []
+            raise
+        return [dict(row) for row in rows]
+    finally:
+        connection.close()
