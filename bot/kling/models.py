@@ -53,6 +53,11 @@ class TaskStatus(StrEnum):
 # --- requests (strict) -------------------------------------------------------------------------
 
 
+def strip_required_prompt(value: Any) -> Any:
+    """Stripped before the length check, so that a prompt of only spaces counts as missing."""
+    return value.strip() if isinstance(value, str) else value
+
+
 def _no_data_uri(images: list[str]) -> list[str]:
     for value in images:
         if not value:
@@ -107,11 +112,7 @@ class VideoTaskRequest(_Request):
 
     _check_images = field_validator("images")(_no_data_uri)
 
-    @field_validator("prompt", mode="before")
-    @classmethod
-    def _strip_prompt(cls, value: Any) -> Any:
-        # Stripped before the length check, so that a prompt of only spaces counts as missing.
-        return value.strip() if isinstance(value, str) else value
+    _strip_prompt = field_validator("prompt", mode="before")(strip_required_prompt)
 
     @property
     def slots(self) -> int:

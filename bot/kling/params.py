@@ -15,7 +15,13 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bot.kling.errors import KlingInvalidRequest
-from bot.kling.models import ImageTaskRequest, TaskKind, TaskRequest, VideoTaskRequest
+from bot.kling.models import (
+    ImageTaskRequest,
+    TaskKind,
+    TaskRequest,
+    VideoTaskRequest,
+    strip_required_prompt,
+)
 from bot.kling.options import (
     IMAGE_COUNT_MAX,
     IMAGE_COUNT_MIN,
@@ -77,11 +83,7 @@ class VideoParams(_Params):
     duration: VideoDuration | None = None
     aspect_ratio: VideoAspectRatio | None = None
 
-    @field_validator("prompt", mode="before")
-    @classmethod
-    def _strip_prompt(cls, value: Any) -> Any:
-        # Stripped before the length check, so that a prompt of only spaces counts as missing.
-        return value.strip() if isinstance(value, str) else value
+    _strip_prompt = field_validator("prompt", mode="before")(strip_required_prompt)
 
     @property
     def slots(self) -> int:
