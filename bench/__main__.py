@@ -2,6 +2,7 @@
 
 python -m bench                       # the full run: 10, 100, 1000, 10000 tasks
 python -m bench --sizes 10,100 --quick
+python -m bench --sizes 1000 --scenarios pg-1-process,pg-3-processes --no-images
 """
 
 from __future__ import annotations
@@ -9,14 +10,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench import image_prep, report
+from bench import image_prep, report, scaleout
 from bench.runner import Timing, run_scenario, timing_dict
 
-SCENARIOS = ("ours-callbacks", "ours-lost", "baseline")
+SCENARIOS = ("ours-callbacks", "ours-lost", "baseline")  # the default run
+# PostgreSQL, one process or one `run` and two `worker`s (bench/scaleout.py): asked for by name.
+POSTGRES_SCENARIOS = tuple(scaleout.SCENARIOS)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -24,7 +28,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", default="10,100,1000,10000", help="concurrent tasks per run")
     parser.add_argument("--quick", action="store_true", help="fewer image rounds")
     parser.add_argument("--factor", type=float, default=10.0, help="time compression")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"of {', '.join(SCENARIOS + POSTGRES_SCENARIOS)}",
+    )
     parser.add_argument("--no-images", action="store_true", help="skip image preparation")
     parser.add_argument("--out", type=Path, default=Path("bench/results/latest.json"))
     return parser.parse_args(argv)
@@ -45,7 +53,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for kind in args.scenarios.split(","):
             print(f"-- {kind}, {n} tasks ...", flush=True)
             try:
-                result = await run_scenario(kind, n, timing)
+                if kind in scaleout.SCENARIOS:
+                    result = await scaleout_scenario(kind, n, timing)
+                else:
+                    result = await run_scenario(kind, n, timing)
             except Exception as exc:  # one failed scenario must not lose the others
                 result = {"tasks": n, "strategy": kind, "error": repr(exc)}
             results["scenarios"].append(result)
@@ -59,6 +70,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results["cpu_probe_ms"]["end"] = report.cpu_probe_ms()
     results["total_seconds"] = time.monotonic() - started
     return results
+
+
+async def scaleout_scenario(kind: str, n: int, timing: Timing) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="kling-bench-") as tmp:
+        started = time.monotonic()
+        result = await scaleout.run_postgres(
+            n, processes=scaleout.SCENARIOS[kind], timing=timing, workdir=Path(tmp)
+        )
+        result["wall_seconds"] = time.monotonic() - started
+        return result
 
 
 def main(argv: list[str] | None = None) -> int:

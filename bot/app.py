@@ -56,6 +56,7 @@ async def open_app(
     *,
     simulate: bool = False,
     simulator_config: SimulatorConfig | None = None,
+    role: str = "run",
 ) -> AsyncIterator[App]:
     """Everything the bot needs besides Discord; closed in reverse order on exit.
 
@@ -74,6 +75,8 @@ async def open_app(
             settings=settings,
             store=stores.tasks,
             guild_settings=stores.guild_settings,
+            signals=stores.signals,
+            role=role,  # what the process registers as: "run" or "worker"
             client=client,
             metrics=metrics,
         )

@@ -6,13 +6,15 @@ says what to set (``ConfigError``), never a traceback.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SIMULATOR_ACCESS_KEY = "simulator-access-key"
 # Public, fixed keys: the built-in simulator is local and guards nothing.
@@ -67,6 +69,11 @@ class Settings(BaseSettings):
     discord_token: SecretStr | None = None
     discord_api_base: str | None = None
     discord_gateway_url: str | None = None
+    # Gateway shards, to split them across several `run` processes: each runs the ones it
+    # lists (all of them without a list). None: one process, Discord's recommended count.
+    discord_shard_count: int | None = None
+    # NoDecode: "0-1,3" is read by the validator below, not parsed as JSON.
+    discord_shard_ids: Annotated[tuple[int, ...] | None, NoDecode] = None
 
     # Kling
     kling_provider: ProviderName = "official"
@@ -95,6 +102,10 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./data/kling-bot.db"
     data_dir: Path = Path("./data")
     retention_days: float = Field(default=7.0, gt=0)
+    # Where the prepared input images (for Again, Animate and a create after a restart) are
+    # kept: in the database, so that any process on any machine can read them, or as files
+    # under DATA_DIR (one machine only).
+    input_storage: Literal["database", "files"] = "database"
 
     # Webhook listener
     # 0.0.0.0 so that the listener is reachable from outside a container.
@@ -104,6 +115,10 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = None
     callback_confirm: bool = True
     webhook_max_body: int = Field(default=256 * 1024, ge=1024)
+
+    # Several processes: work claimed by a process that stopped beating is taken over after
+    # this many seconds.
+    lease_timeout: float = 30.0
 
     # Poller
     poll_first_delay: float = Field(default=5.0, gt=0)
@@ -122,6 +137,34 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_level(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("discord_shard_count", mode="before")
+    @classmethod
+    def _shard_count(cls, value: object) -> object:
+        if value is None:
+            return None
+        count = _whole_number(value)
+        if count is None or count < 1:
+            raise ValueError(f"must be a whole number of 1 or more, e.g. 2 (got {value!r})")
+        return count
+
+    @field_validator("discord_shard_ids", mode="before")
+    @classmethod
+    def _shard_ids(cls, value: object) -> object:
+        if value is None or isinstance(value, tuple | list):
+            return value
+        return parse_shard_ids(str(value))
+
+    @field_validator("lease_timeout", mode="before")
+    @classmethod
+    def _lease_seconds(cls, value: object) -> object:
+        try:
+            seconds = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            seconds = 0.0
+        if not 0 < seconds < math.inf:
+            raise ValueError(f"must be a number of seconds above 0, e.g. 30 (got {value!r})")
+        return seconds
 
     @field_validator("kling_base_url")
     @classmethod
@@ -159,7 +202,25 @@ class Settings(BaseSettings):
             )
         if self.public_base_url and not self.public_base_url.startswith(("http://", "https://")):
             raise ValueError("PUBLIC_BASE_URL must start with https:// (or http:// for testing)")
+        self._check_shards()
         return self
+
+    def _check_shards(self) -> None:
+        ids, count = self.discord_shard_ids, self.discord_shard_count
+        if ids is None:
+            return
+        if count is None:
+            raise ValueError(
+                f"DISCORD_SHARD_IDS={_shard_list(ids)} is set but DISCORD_SHARD_COUNT is not: "
+                "set DISCORD_SHARD_COUNT to the number of shards of all processes together "
+                "(e.g. 2)"
+            )
+        beyond = [shard for shard in ids if shard >= count]
+        if beyond:
+            raise ValueError(
+                f"DISCORD_SHARD_IDS lists shard {beyond[0]}, which does not exist with "
+                f"DISCORD_SHARD_COUNT={count} (shards are numbered 0 to {count - 1})"
+            )
 
     @property
     def provider(self) -> Provider:
@@ -224,6 +285,46 @@ class Settings(BaseSettings):
                 "other databases are not supported yet"
             )
         return Path(self.database_url[len(prefix) :])
+
+
+_SHARD_PART = re.compile(r"(\d+)(?:-(\d+))?")
+# Far above any bot's shard count (the largest run thousands): bounds what a typo expands to.
+MAX_SHARD_ID = 99_999
+
+
+def parse_shard_ids(text: str) -> tuple[int, ...]:
+    """``"0-1,3"`` -> ``(0, 1, 3)``: shard numbers and ranges, comma-separated, each once."""
+    text = text.strip()
+    shards: list[int] = []
+    for part in text.split(","):
+        match = _SHARD_PART.fullmatch(part.strip())
+        first, last = (int(match[1]), int(match[2] or match[1])) if match else (0, -1)
+        if not first <= last <= MAX_SHARD_ID:
+            raise ValueError(
+                f"must be shard numbers or ranges, comma-separated, e.g. 0,1 or 0-3 or 0-1,3 "
+                f"(got {text!r})"
+            )
+        shards.extend(range(first, last + 1))
+    repeated = sorted({shard for shard in shards if shards.count(shard) > 1})
+    if repeated:
+        raise ValueError(
+            f"lists shard {repeated[0]} more than once (got {text!r}): name each shard once, "
+            "e.g. 0-3"
+        )
+    return tuple(sorted(shards))
+
+
+def _shard_list(ids: tuple[int, ...]) -> str:
+    return ",".join(str(shard) for shard in ids)
+
+
+def _whole_number(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    return int(text) if text.lstrip("-").isdigit() else None
 
 
 def _is_set(secret: SecretStr | None) -> bool:

@@ -1,5 +1,5 @@
-"""The real bot as a subprocess (``python -m bot run``) against in-process fakes, for the crash
-and fault suites.
+"""The real bot as a subprocess (``python -m bot run``, or ``worker``) against in-process fakes,
+for the crash, fault and scale-out suites.
 
 The test process owns Discord (``testing.fake_discord.FakeDiscord``) and Kling (a
 ``KlingSimulator``), so both outlive any number of bot restarts and see every request; the bot
@@ -16,11 +16,17 @@ proxy and ``kling-bot simulate``::
 
 Each start appends the process's stdout and stderr to ``workdir/bot.log`` under a
 ``=== start N ===`` banner, so a failing test can show every incarnation's log.
+
+``BotProcess(env, workdir=..., command="worker", log_name="worker.log")`` runs ``kling-bot
+worker`` instead (``args=("--simulate",)`` adds arguments): it never reaches the gateway, so
+``start`` returns once its webhook listener answers ``/healthz`` (by then the core has
+resumed). Several processes may share a workdir with a log name each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -28,10 +34,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal
+
+import aiohttp
 
 from bot.config import SIMULATOR_ACCESS_KEY, SIMULATOR_SECRET_KEY
 from bot.tasks.failures import describe_delivery_error, describe_failure
@@ -52,7 +60,14 @@ PROBLEM = re.compile(
 # Settings the tests choose; anything of the developer's shell with these prefixes is dropped.
 _OWN_PREFIXES = ("DISCORD_", "KLING_", "WEBHOOK_", "POLL_", "DATA_DIR", "DATABASE_URL")
 _OWN_NAMES = frozenset(
-    {"PUBLIC_BASE_URL", "CALLBACK_CONFIRM", "TASK_MAX_AGE", "LOG_LEVEL", "RETENTION_DAYS"}
+    {
+        "PUBLIC_BASE_URL",
+        "CALLBACK_CONFIRM",
+        "TASK_MAX_AGE",
+        "LOG_LEVEL",
+        "RETENTION_DAYS",
+        "LEASE_TIMEOUT",
+    }
 )
 
 
@@ -104,10 +119,20 @@ def bot_env(
 class BotProcess:
     """One bot at a time, started and killed as often as a test likes."""
 
-    def __init__(self, env: Mapping[str, str], *, workdir: Path) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        *,
+        workdir: Path,
+        command: Literal["run", "worker"] = "run",
+        args: Sequence[str] = (),
+        log_name: str = "bot.log",
+    ) -> None:
         self.env = dict(env)
         self.workdir = workdir
-        self.log_path = workdir / "bot.log"
+        self.command = command
+        self.args = tuple(args)  # e.g. ("--simulate",)
+        self.log_path = workdir / log_name
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.kills = 0
@@ -122,8 +147,9 @@ class BotProcess:
         return self.proc is not None and self.proc.poll() is None
 
     async def start(self, fake: FakeDiscord, timeout: float = START_TIMEOUT) -> None:  # noqa: ASYNC109
-        """Start the bot and wait until it identified on the fake's gateway: by then its
-        ``setup_hook`` has run (tracker resumed, webhook listener bound)."""
+        """Start the bot and wait until it identified on the fake's gateway (a worker: until
+        its listener answers): by then its ``setup_hook`` has run (tracker resumed, webhook
+        listener bound)."""
         if self.alive:
             raise RuntimeError("the bot is already running")
         self.starts += 1
@@ -133,7 +159,7 @@ class BotProcess:
             log.write(f"\n=== start {self.starts} ===\n".encode())
             log.flush()
             self.proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-                [sys.executable, "-m", "bot", "run"],
+                [sys.executable, "-m", "bot", self.command, *self.args],
                 env=self.env,
                 cwd=self.workdir,  # no stray .env from the developer's checkout
                 stdin=subprocess.DEVNULL,
@@ -141,7 +167,7 @@ class BotProcess:
                 stderr=subprocess.STDOUT,
             )
         deadline = began + timeout
-        while len(fake.identify_payloads) <= identified:
+        while not await self._started(fake, identified):
             code = self.proc.poll()
             if code is not None:
                 raise AssertionError(
@@ -155,6 +181,22 @@ class BotProcess:
                 )
             await asyncio.sleep(0.02)
         self.start_seconds.append(time.monotonic() - began)
+
+    async def _started(self, fake: FakeDiscord, identified: int) -> bool:
+        if self.command == "run":
+            return len(fake.identify_payloads) > identified
+        return await self.healthz() is not None
+
+    async def healthz(self) -> tuple[int, dict[str, Any]] | None:
+        """The listener's ``/healthz`` answer (status, body), or None if it does not answer."""
+        url = f"http://127.0.0.1:{self.env['WEBHOOK_PORT']}/healthz"
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session,
+                session.get(url) as response,
+            ):
+                return response.status, await response.json()
+        return None
 
     def kill(self) -> bool:
         """SIGKILL the bot (no cleanup runs) and reap it; False if it was not running. Safe to
@@ -176,12 +218,17 @@ class BotProcess:
             await asyncio.sleep(0.01)
         return proc.returncode
 
-    async def stop(self, timeout: float = 15.0) -> int | None:  # noqa: ASYNC109
-        """A clean stop (SIGINT, as Ctrl+C); SIGKILL if it does not exit within ``timeout``."""
+    async def stop(
+        self,
+        timeout: float = 15.0,  # noqa: ASYNC109
+        signal_number: signal.Signals = signal.SIGINT,
+    ) -> int | None:
+        """A clean stop (SIGINT, as Ctrl+C, or SIGTERM, as Docker); SIGKILL if it does not
+        exit within ``timeout``."""
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return None if proc is None else proc.returncode
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal_number)
         try:
             return await self.wait_dead(timeout)
         except AssertionError:

@@ -4,8 +4,8 @@ client, recording every event: the harness of the task-core tests.
 ``Harness`` (open/close/kill/submit/wait helpers), ``harness`` (an async context manager),
 ``callback_settings`` (settings with a public URL and a webhook secret, so callbacks arrive),
 ``subject`` / ``origin`` (a prepared input image and a request origin), ``SECRET``, ``WAIT``.
-The core's claims last ``CLAIM_LEASE`` here (30 s in the bot): a restart after ``kill`` takes
-over the killed core's claims that soon.
+The core's claims last ``CLAIM_LEASE`` past its last heartbeat here (LEASE_TIMEOUT, 30 s, in the
+bot): a restart after ``kill`` takes over the killed core's claims that soon after the kill.
 """
 
 from __future__ import annotations
@@ -143,6 +143,7 @@ class Harness:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
         await core.deliveries.close()
+        await core.claims.stop_heartbeat(give_back=False)  # its claims lapse, as after SIGKILL
         if self.runner is not None:
             await self.runner.cleanup()
         await self.session.close()

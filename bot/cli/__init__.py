@@ -1,4 +1,4 @@
-"""The ``kling-bot`` command: run, sync, simulate, generate, task.
+"""The ``kling-bot`` command: run, worker, sync, simulate, generate, task.
 
 ``main`` (``bot.cli.main``) is the console script; ``parser`` declares the commands,
 ``generate`` and ``task`` run the Kling ones (their client comes from the composition root,

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from bot.cli.errors import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, CliError, describe_unexpected
 from bot.cli.generate import generate
+from bot.cli.migrate import migrate_database
 from bot.cli.parser import build_parser
 from bot.cli.task import show_tasks
 from bot.config import (
@@ -65,15 +66,19 @@ async def _dispatch(args: argparse.Namespace, secret_filter: SecretFilter) -> in
     secret_filter.hide(*_configured_secrets(settings))
     if args.command == "simulate":
         return await _serve_simulator(args)
-    if args.command in ("run", "sync"):
-        from bot.discord.runner import run_bot, sync_commands  # the Discord side, only here
+    if args.command in ("run", "worker", "sync"):
+        from bot.discord import runner  # the Discord side, only here
 
         logging.getLogger().setLevel(logging.DEBUG if args.verbose else settings.log_level)
         if args.command == "run":
-            await run_bot(settings, simulate=args.simulate)
+            await runner.run_bot(settings, simulate=args.simulate)
+        elif args.command == "worker":
+            await runner.run_worker(settings, simulate=args.simulate)
         else:
-            await sync_commands(settings, args.guild)
+            await runner.sync_commands(settings, args.guild)
         return EXIT_OK
+    if args.command == "migrate-db":
+        return await migrate_database(args.source, args.target)
     if args.command == "generate":
         return await generate(settings, args)
     return await show_tasks(settings, args)

@@ -52,8 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help=t("cli.help.run"))
     run.add_argument("--simulate", action="store_true", help=t("cli.help.run_simulate"))
 
+    worker = commands.add_parser("worker", help=t("cli.help.worker"))
+    worker.add_argument("--simulate", action="store_true", help=t("cli.help.run_simulate"))
+
     sync = commands.add_parser("sync", help=t("cli.help.sync"))
     sync.add_argument("--guild", type=int, help=t("cli.help.sync_guild"))
+
+    migrate = commands.add_parser("migrate-db", help=t("cli.help.migrate_db"))
+    migrate.add_argument(
+        "--from", dest="source", required=True, metavar="sqlite:///PATH",
+        help=t("cli.help.migrate_from"),
+    )  # fmt: skip
+    migrate.add_argument(
+        "--to", dest="target", required=True, metavar="postgresql://...",
+        help=t("cli.help.migrate_to"),
+    )  # fmt: skip
 
     _add_simulate(commands.add_parser("simulate", help=t("cli.help.simulate")))
     _add_generate(commands.add_parser("generate", help=t("cli.help.generate")))

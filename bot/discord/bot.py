@@ -2,10 +2,14 @@
 
 The composition root creates the task core and its dependencies and injects them here. The bot
 installs the translator of the commands' descriptions, loads the cogs, registers the
-restart-safe buttons and the Animate modal's listener, subscribes status messages and delivery
-to the core, starts the core and the webhook listener, and stops them again in ``close``. What
-the commands and buttons do lives in the modules of ``bot.discord``, which see this bot only
-through the Protocols of ``bot.discord.context``.
+restart-safe buttons and the Animate modal's listener, starts the task work (status messages
+and delivery subscribed to the core, the core, the webhook listener: ``bot.discord.task_work``)
+and stops it again in ``close``. What the commands and buttons do lives in the modules of
+``bot.discord``, which see this bot only through the Protocols of ``bot.discord.context``.
+
+It is an ``AutoShardedBot``: without ``DISCORD_SHARD_COUNT`` it runs every shard Discord
+recommends (``GET /gateway/bot``); with it, the shards of ``DISCORD_SHARD_IDS`` (all of them
+without a list), so several ``run`` processes can split the gateway between them.
 """
 
 from __future__ import annotations
@@ -15,19 +19,17 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 import discord
-import yarl
-from aiohttp import web
 from discord.ext import commands
 
 from bot.config import Settings
 from bot.discord.animate import on_animate_modal_submit
 from bot.discord.buttons import TASK_BUTTONS
-from bot.discord.context import DiscordApp, MemberLocks
+from bot.discord.context import DiscordApp, MemberLocks, PostingApp
 from bot.discord.delivery import Delivery
 from bot.discord.errors import KlingCommandTree
 from bot.discord.localized import CatalogueTranslator
 from bot.discord.status import StatusMessages
-from bot.tasks.webhook import start_listener
+from bot.discord.task_work import TaskWork, apply_discord_endpoints
 
 if TYPE_CHECKING:
     from bot.tasks.core import TaskCore
@@ -37,21 +39,22 @@ log = logging.getLogger(__name__)
 EXTENSIONS = ("cogs.generate", "cogs.moderation")
 
 
-def apply_discord_endpoints(settings: Settings) -> None:
-    """Point discord.py at a REST/gateway proxy (process-wide class attributes)."""
-    # Interaction webhooks reuse Route.BASE, so one setting covers callbacks and followups too.
-    if settings.discord_api_base:
-        discord.http.Route.BASE = settings.discord_api_base.rstrip("/")
-    if settings.discord_gateway_url:
-        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
-
-
 # The bot never joins voice: skip discord.py's start-up warnings about voice libraries.
 discord.VoiceClient.warn_nacl = False
 discord.VoiceClient.warn_dave = False
 
 
-class KlingBot(commands.Bot):
+def shard_options(settings: Settings) -> dict[str, Any]:
+    """``AutoShardedBot``'s shard arguments: none (every shard, Discord's count) by default."""
+    options: dict[str, Any] = {}
+    if settings.discord_shard_count is not None:
+        options["shard_count"] = settings.discord_shard_count
+    if settings.discord_shard_ids is not None:
+        options["shard_ids"] = list(settings.discord_shard_ids)
+    return options
+
+
+class KlingBot(commands.AutoShardedBot):
     def __init__(
         self,
         *,
@@ -65,6 +68,8 @@ class KlingBot(commands.Bot):
         # No message cache: nothing here reads it (buttons carry their message, delivery asks
         # REST), and 1,000 cached result messages cost memory for nothing.
         options.setdefault("max_messages", None)
+        for name, value in shard_options(settings).items():
+            options.setdefault(name, value)
         super().__init__(
             command_prefix=commands.when_mentioned,
             tree_cls=KlingCommandTree,
@@ -74,11 +79,20 @@ class KlingBot(commands.Bot):
         self.settings = settings
         self._tracker = tracker
         self._start_webhook = start_webhook
-        self.delivery = Delivery(self)
-        self.status_messages = StatusMessages(self)
+        self.work = TaskWork(self)
         self.member_locks: MemberLocks = weakref.WeakValueDictionary()
-        self._webhook_runner: web.AppRunner | None = None
-        self.webhook_port: int | None = None
+
+    @property
+    def delivery(self) -> Delivery:
+        return self.work.delivery
+
+    @property
+    def status_messages(self) -> StatusMessages:
+        return self.work.status_messages
+
+    @property
+    def webhook_port(self) -> int | None:
+        return self.work.webhook_port
 
     @property
     def tracker(self) -> TaskCore:
@@ -95,40 +109,40 @@ class KlingBot(commands.Bot):
             return
         self.add_dynamic_items(*TASK_BUTTONS)
         self.add_listener(on_animate_modal_submit, "on_interaction")
-        tracker = self._tracker
-        # Subscribe before start: start re-announces tasks that finished while we were down.
-        tracker.subscribe(self.status_messages.on_event)
-        tracker.subscribe(self.delivery.on_event)
-        tracker.health_checks.append(self._health)
-        await tracker.start()
-        if self._start_webhook:
-            await self._start_webhook_server()
+        await self.work.start(
+            self._tracker, self.settings, health=self._health, webhook=self._start_webhook
+        )
 
     def _health(self) -> tuple[str, bool]:
         return ("discord", self.is_ready() and not self.is_closed())
 
-    async def _start_webhook_server(self) -> None:
-        host, port = self.settings.webhook_host, self.settings.webhook_port
-        runner = await start_listener(self.tracker.webhook_app(), host, port)
-        self._webhook_runner = runner
-        addresses = runner.addresses
-        self.webhook_port = addresses[0][1] if addresses else port
-        log.info("webhook listener on %s:%s", host, self.webhook_port)
+    async def launch_shards(self) -> None:
+        if self.shard_count is None and self.settings.discord_gateway_url:
+            # Without a count discord.py connects to the URL GET /gateway/bot names, not to
+            # DISCORD_GATEWAY_URL: ask for the count only, so the proxy stays in the path.
+            self.shard_count, _url, _limits = await self.http.get_bot_gateway()
+        await super().launch_shards()
 
     async def close(self) -> None:
-        await self.status_messages.close()
-        await self.delivery.close()
-        if self._webhook_runner is not None:
-            await self._webhook_runner.cleanup()
-            self._webhook_runner = None
+        await self.work.close()
         await super().close()
 
     async def on_ready(self) -> None:
-        log.info("connected to Discord as %s in %d guild(s)", self.user, len(self.guilds))
+        shards = ", ".join(str(shard) for shard in sorted(self.shards))
+        log.info(
+            "connected to Discord as %s in %d guild(s), shard(s) %s of %s",
+            self.user,
+            len(self.guilds),
+            shards,
+            self.shard_count,
+        )
 
 
 if TYPE_CHECKING:
 
     def _is_a_discord_app(bot: KlingBot) -> DiscordApp:
         """The type checker holds ``KlingBot`` to what the Discord side expects of it."""
+        return bot
+
+    def _is_a_posting_app(bot: KlingBot) -> PostingApp:
         return bot

@@ -2,13 +2,18 @@
 
 ``run_bot`` builds everything through the composition root (``bot.app.open_app``: the HTTP
 session, the stores, the Kling client or the in-process simulator, the task core), injects the
-task core into ``KlingBot``, runs it, and closes everything in reverse order. ``sync_commands``
-registers the slash commands over REST only, without starting anything else.
+task core into ``KlingBot``, runs it, and closes everything in reverse order. ``run_worker``
+does the same for ``KlingWorker`` (no gateway). Both stop cleanly on SIGINT (Ctrl+C: the
+command exits 130) and on SIGTERM (how Docker and systemd stop a service: exit 0).
+``sync_commands`` registers the slash commands over REST only, without starting anything else.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
+from collections.abc import Coroutine
 from typing import Any
 
 import discord
@@ -16,6 +21,7 @@ import discord
 from bot.app import open_app
 from bot.config import Settings
 from bot.discord.bot import KlingBot
+from bot.discord.worker import KlingWorker
 from bot.text import t
 
 log = logging.getLogger(__name__)
@@ -27,7 +33,39 @@ async def run_bot(settings: Settings, *, simulate: bool) -> None:
     async with open_app(settings, simulate=simulate) as app:
         bot = KlingBot(settings=app.settings, tracker=app.core)
         async with bot:
-            await bot.start(token)
+            await until_terminated(bot.start(token))
+
+
+async def run_worker(settings: Settings, *, simulate: bool) -> None:
+    """Run a worker (no gateway) until it is stopped. Raises ConfigError for missing
+    settings."""
+    token = settings.require_discord_token()
+    async with open_app(settings, simulate=simulate, role="worker") as app:
+        worker = KlingWorker(settings=app.settings, tracker=app.core)
+        async with worker:
+            await until_terminated(worker.serve(token))
+
+
+async def until_terminated(serving: Coroutine[Any, Any, None]) -> None:
+    """Await ``serving``; a SIGTERM cancels it and returns, so the caller closes everything
+    in order, as after Ctrl+C (which asyncio turns into a cancellation already)."""
+    loop = asyncio.get_running_loop()
+    work = asyncio.ensure_future(serving)
+    terminated = asyncio.Event()
+
+    def terminate() -> None:
+        log.info("SIGTERM received: stopping")
+        terminated.set()
+        work.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        await work
+    except asyncio.CancelledError:
+        if not terminated.is_set():
+            raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 async def sync_commands(settings: Settings, guild_id: int | None) -> list[str]:

@@ -109,7 +109,10 @@ class Admission:
                 attempts.again_at = None
                 self._start(task_id, attempts)
         for kind in TaskKind:
+            if not self._queue.may_hold_work(kind, now, IDLE_TICK):
+                continue  # nothing queued a moment ago, and intake refreshes before it wakes us
             cap = await self._cap(kind, now)
+            admitted = False
             while True:
                 token = self._claims.token()
                 record = await self._store.admit_next(
@@ -122,8 +125,12 @@ class Admission:
                 )
                 if record is None:
                     break
+                admitted = True
                 self._start(record.id, self._attempts_for(record, token))
-            await self._queue.refresh(kind)
+            if admitted:
+                await self._queue.changed(kind)
+            elif self._queue.may_have_changed(kind, now, IDLE_TICK):
+                await self._queue.refresh(kind)
 
     def _attempts_for(self, record: TaskRecord, token: str) -> Attempts:
         """The task's counters, kept from its earlier tries in this process (a task backing

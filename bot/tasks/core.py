@@ -32,11 +32,12 @@ from bot.kling.params import TaskParams
 from bot.tasks.admission import Admission
 from bot.tasks.callbacks import Callbacks
 from bot.tasks.cancel import Cancel
-from bot.tasks.claims import LEASE, Claims, new_process_id
+from bot.tasks.claims import Claims, new_process_id
 from bot.tasks.creates import AdmissionBook, Creator
 from bot.tasks.delivery_book import DeliveryBook
 from bot.tasks.events import EventBus, Jobs, Subscriber
 from bot.tasks.files import TaskFiles
+from bot.tasks.inputs import TaskInputs
 from bot.tasks.intake import Intake
 from bot.tasks.limits import limits_from
 from bot.tasks.metrics import Metrics
@@ -49,7 +50,15 @@ from bot.tasks.retention import Retention
 from bot.tasks.schedule import poll_schedule
 from bot.tasks.settle import Settler, Wakeups
 from bot.tasks.statuses import EarlyStatuses
-from bot.tasks.store import GuildSettingsStore, TaskReader, TaskStore
+from bot.tasks.store import (
+    GuildSettingsStore,
+    InputStore,
+    Signals,
+    TaskReader,
+    TaskStore,
+    input_store_for,
+)
+from bot.tasks.store.signals import QUEUE, RESYNC, LocalSignals
 from bot.tasks.webhook import create_webhook_app
 
 log = logging.getLogger(__name__)
@@ -65,7 +74,10 @@ class TaskCore:
         guild_settings: GuildSettingsStore | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
-        claim_lease: float = LEASE,
+        claim_lease: float | None = None,
+        role: str = "run",
+        signals: Signals | None = None,
+        inputs: InputStore | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -76,15 +88,31 @@ class TaskCore:
         # The composition root has the client report its calls here (KlingClient on_call).
         self.metrics = metrics or Metrics()
         self.files = TaskFiles(settings.data_dir)
+        # Input images: in the database (the task store's input store unless given) or files.
+        self.inputs = TaskInputs(
+            files=self.files,
+            store=inputs or input_store_for(store),
+            storage=settings.input_storage,
+        )
         self.health_checks: list[Callable[[], tuple[str, bool]]] = []
         self._clock = clock
         self._loops: list[asyncio.Task[None]] = []
         self.jobs = Jobs()
         self.bus = EventBus(store, self.jobs)
-        self.claims = Claims(store, process_id=new_process_id(), lease=claim_lease, clock=clock)
+        # Claims last LEASE_TIMEOUT past this process's last heartbeat (claim_lease: tests).
+        self.claims = Claims(
+            store,
+            process_id=new_process_id(),
+            lease=settings.lease_timeout if claim_lease is None else claim_lease,
+            role=role,
+            clock=clock,
+        )
         self._limits = limits = limits_from(settings)
         self.run_times = RunTimes()
-        self.queue = QueueView(store, limits, self.run_times, clock)
+        # What other processes on the database tell this one (nothing, on SQLite).
+        self.signals: Signals = signals or LocalSignals()
+        self.signals.subscribe(self._heard)
+        self.queue = QueueView(store, limits, self.run_times, self.signals, clock)
         self.early = EarlyStatuses()
         early = self.early
         wake = Wakeups(admission=asyncio.Event(), poller=asyncio.Event())
@@ -116,7 +144,7 @@ class TaskCore:
             settler=self.settler,
             bus=self.bus,
             early=early,
-            files=self.files,
+            inputs=self.inputs,
             settings=settings,
             limits=limits,
             book=book,
@@ -157,7 +185,7 @@ class TaskCore:
         )
         self.intake = Intake(
             store=store,
-            files=self.files,
+            inputs=self.inputs,
             settings=settings,
             flavour=client.flavour,
             limits=limits,
@@ -168,7 +196,11 @@ class TaskCore:
             store=store, bus=self.bus, claims=self.claims, metrics=self.metrics
         )
         self.retention = Retention(
-            store=store, files=self.files, days=settings.retention_days, clock=clock
+            store=store,
+            files=self.files,
+            inputs=self.inputs,
+            days=settings.retention_days,
+            clock=clock,
         )
         self._wake_admission = wake.admission
 
@@ -177,8 +209,16 @@ class TaskCore:
     def subscribe(self, handler: Subscriber) -> None:
         self.bus.subscribe(handler)
 
+    def _heard(self, topic: str, key: str) -> None:
+        """Another process changed the queue: positions move, and it may be this one's turn."""
+        if topic in (QUEUE, RESYNC):
+            self.queue.mark_stale()
+            self._wake_admission.set()
+
     async def start(self) -> None:
-        """Resume every unfinished task, then start the admission, poll and cleanup loops."""
+        """Register this process and start its heartbeat (which keeps its claims alive),
+        resume every unfinished task, then start the admission, poll and cleanup loops."""
+        await self.claims.start_heartbeat()
         await resume(
             store=self.store,
             bus=self.bus,
@@ -194,7 +234,8 @@ class TaskCore:
         ]
 
     async def close(self) -> None:
-        """Stop the loops. Nothing is lost: unfinished work resumes at the next start."""
+        """Stop the loops, then the heartbeat, giving this process's claims back. Nothing is
+        lost: unfinished work resumes at the next start, here or in another process."""
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -202,6 +243,7 @@ class TaskCore:
         await self.admission.close()
         await self.deliveries.close()
         await self.jobs.close()
+        await self.claims.stop_heartbeat()
 
     # --- members and moderators --------------------------------------------------------------
 
@@ -230,7 +272,7 @@ class TaskCore:
         """The positions members are shown; a failure only leaves them stale until admission's
         next step refreshes them (the task itself is stored)."""
         try:
-            await self.queue.refresh(kind)
+            await self.queue.changed(kind)
         except Exception as exc:
             log.warning("queue positions not refreshed (%r); admission refreshes them", exc)
 
@@ -251,6 +293,10 @@ class TaskCore:
     def queue_stats(self) -> dict[TaskKind, QueueStats]:
         return self.queue.stats()
 
+    async def set_status_message(self, task_id: int, message_id: int) -> None:
+        """The member's live status message: any process may edit it from now on."""
+        await self.store.update(task_id, message_id=message_id)
+
     async def begin_delivery(self, task_id: int) -> int:
         return await self.deliveries.begin_delivery(task_id)
 
@@ -265,8 +311,9 @@ class TaskCore:
     ) -> bool:
         return await self.deliveries.mark_undeliverable(task_id, code, params)
 
-    def input_bytes(self, task: TaskRecord) -> list[tuple[str, bytes]]:
-        return self.files.read_inputs(task.input_files, task.input_labels)
+    async def input_bytes(self, task: TaskRecord) -> list[tuple[str, bytes]]:
+        """The task's stored input images; FileNotFoundError once retention removed them."""
+        return await self.inputs.read(task)
 
     def result_paths(self, task: TaskRecord) -> list[Path]:
         return [self.files.absolute(path) for path in task.result_files]

@@ -28,7 +28,7 @@ from bot.tasks.cancel import cancel_queued
 from bot.tasks.claims import Claims
 from bot.tasks.events import EventBus
 from bot.tasks.failures import Failure
-from bot.tasks.files import TaskFiles
+from bot.tasks.inputs import TaskInputs
 from bot.tasks.limits import Limits, SlotsExceedLimit, check_fits
 from bot.tasks.models import ClaimPurpose, TaskRecord, TaskState
 from bot.tasks.requests import stored_request
@@ -77,7 +77,7 @@ class Creator:
         settler: Settler,
         bus: EventBus,
         early: EarlyStatuses,
-        files: TaskFiles,
+        inputs: TaskInputs,
         settings: Settings,
         limits: Limits,
         book: AdmissionBook,
@@ -90,7 +90,7 @@ class Creator:
         self._settler = settler
         self._bus = bus
         self._early = early
-        self._files = files
+        self._inputs = inputs
         self._settings = settings
         self._limits = limits
         self._book = book
@@ -140,7 +140,7 @@ class Creator:
             await self._end_unsent(record, exc.failure)
             return
         try:
-            request = await stored_request(record, self._files, self._settings)
+            request = await stored_request(record, self._inputs, self._settings)
         except (OSError, ValueError) as exc:
             log.warning("task %s: cannot rebuild the request: %s", record.id, exc)
             code = failures.INPUTS_UNREADABLE if isinstance(exc, OSError) else None

@@ -3,8 +3,9 @@
 Posting itself is the Discord side's; it tells the core here. ``begin_delivery`` claims the task
 for "deliver" (waiting while another holder's claim is live: a process that died mid-post, whose
 lease runs out, or one posting it right now) and counts the attempt, so that a repeated attempt
-first looks for a post an earlier one made. The claim is renewed while the post runs and ends
-with ``mark_delivered`` / ``mark_undeliverable``. ``set_posted_message`` records the post the
+first looks for a post an earlier one made. The process's heartbeat keeps the claim while the
+post runs (a delivery's lease is the shorter one, ``claims.PURPOSE_LEASES``); it ends with
+``mark_delivered`` / ``mark_undeliverable``. ``set_posted_message`` records the post the
 moment it exists, before "delivered".
 """
 
@@ -25,9 +26,6 @@ from bot.text import catalogue_keys
 log = logging.getLogger(__name__)
 
 CLAIM_WAIT_STEP = 1.0  # seconds between tries at a delivery claim another holder has
-# Shorter than other claims: after a crash mid-post, the next attempt looks for the earlier
-# post in the channel's recent history, which a busy channel scrolls past within a minute.
-DELIVERY_LEASE = 10.0
 
 
 class DeliveryNotNeeded(LookupError):
@@ -42,19 +40,14 @@ class DeliveryBook:
         self._bus = bus
         self._claims = claims
         self._metrics = metrics
-        self._lease = min(DELIVERY_LEASE, claims.lease)
-        self._held: dict[int, tuple[str, asyncio.Task[None]]] = {}  # task id -> token, renewer
+        self._held: dict[int, str] = {}  # task id -> the token its delivery claim is held by
 
     async def begin_delivery(self, task_id: int) -> int:
         """Claim the task's delivery and count the attempt; returns the attempt's number."""
-        token = self._held[task_id][0] if task_id in self._held else self._claims.token()
+        token = self._held.get(task_id) or self._claims.token()
         while True:
             record = await self._claims.take(
-                task_id,
-                ClaimPurpose.DELIVER,
-                token,
-                states=AWAITING_DELIVERY,
-                until=self._claims.until(self._lease),
+                task_id, ClaimPurpose.DELIVER, token, states=AWAITING_DELIVERY
             )
             if record is not None:
                 break
@@ -67,9 +60,7 @@ class DeliveryBook:
             await asyncio.sleep(CLAIM_WAIT_STEP)
         attempts = record.delivery_attempts + 1
         await self._store.update(task_id, delivery_attempts=attempts)
-        if task_id not in self._held:
-            renewer = asyncio.create_task(self._keep(task_id, token), name=f"deliver-{task_id}")
-            self._held[task_id] = (token, renewer)
+        self._held[task_id] = token
         return attempts
 
     async def set_posted_message(self, task_id: int, message_id: int) -> None:
@@ -77,7 +68,7 @@ class DeliveryBook:
 
     async def mark_delivered(self, task_id: int) -> bool:
         won = await self._store.transition(task_id, AWAITING_DELIVERY, TaskState.DELIVERED)
-        self._let_go(task_id)
+        self._held.pop(task_id, None)
         if won:
             record = await self._bus.emit_fresh(task_id, EventType.STATE)
             if record is not None and record.finished_at and record.delivered_at:
@@ -91,26 +82,15 @@ class DeliveryBook:
         won = await self._store.transition(
             task_id, AWAITING_DELIVERY, TaskState.UNDELIVERABLE, **_reason(code, params)
         )
-        self._let_go(task_id)
+        self._held.pop(task_id, None)
         if won:
             await self._bus.emit_fresh(task_id, EventType.STATE)
         return won
 
     async def close(self) -> None:
-        renewers = [renewer for _, renewer in self._held.values()]
+        """Forget the claims held: the heartbeat's stop gives them back (or, killed, they
+        lapse)."""
         self._held.clear()
-        for renewer in renewers:
-            renewer.cancel()
-        await asyncio.gather(*renewers, return_exceptions=True)
-
-    async def _keep(self, task_id: int, token: str) -> None:
-        async with self._claims.kept(task_id, token, lease=self._lease):
-            await asyncio.Event().wait()  # until mark_* or close cancels it
-
-    def _let_go(self, task_id: int) -> None:
-        held = self._held.pop(task_id, None)
-        if held is not None:
-            held[1].cancel()
 
 
 def _reason(code: str, params: Mapping[str, str | int | float] | None) -> dict[str, object]:

@@ -1,8 +1,10 @@
 """Where a task's files live under DATA_DIR, and their removal after the retention period.
 
-``inputs/<id>/<label>.<ext>`` holds the prepared images (so "Again" and a restart can submit
-without the original attachments); ``results/<id>/<index>.<ext>`` holds Kling's downloaded
-results. Paths stored in the database are relative to DATA_DIR, so the directory can move.
+``inputs/<id>/<label>.<ext>`` holds the prepared images with ``INPUT_STORAGE=files`` (and for
+tasks stored so before; by default they are kept in the database: ``bot.tasks.inputs``);
+``results/<id>/<index>.<ext>`` holds Kling's downloaded results, always here: a download and
+its post happen under one claim, so a process taking a task over downloads it again. Paths
+stored in the database are relative to DATA_DIR, so the directory can move.
 Every write goes to a temporary name first and is renamed into place: a crash never leaves
 a half-written file under the final name, and a write that fails (a full disk) removes its
 temporary file.

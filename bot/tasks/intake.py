@@ -3,14 +3,15 @@
 Everything that can be refused is refused before anything is stored or sent: the parameters
 (pydantic), the request the flavour would send (``KlingInvalidRequest``), and the slots against
 the account's limit (``SlotsExceedLimit``). The row then goes in first, with its external id
-and callback token, and the images after it: a crash between the two leaves a row without
-images, which the next start ends (nothing reached Kling). Images that cannot be written end
-the task at once (``InputsNotStored``), so it never counts against the member's limit.
+and callback token, and the images after it (``inputs``: the database or DATA_DIR): a crash
+between the two leaves a row without images, which the next start ends (nothing reached
+Kling). Images that cannot be stored (a full disk or database, a database that refuses the
+write) end the task at once (``InputsNotStored``), so it never counts against the member's
+limit.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ from bot.kling.providers import Flavour
 from bot.tasks import failures
 from bot.tasks.events import EventBus
 from bot.tasks.failures import Failure
-from bot.tasks.files import TaskFiles
+from bot.tasks.inputs import TaskInputs
 from bot.tasks.limits import Limits, check_fits
 from bot.tasks.models import EventType, Origin, TaskRecord, TaskState
 from bot.tasks.requests import request_for
@@ -37,7 +38,7 @@ Inputs = Sequence[tuple[str, bytes, str]]  # (label, data, extension)
 
 
 class InputsNotStored(OSError):
-    """``submit`` could not write the task's input images: the task has ended (failed, with
+    """``submit`` could not store the task's input images: the task has ended (failed, with
     this reason) and nothing was sent to Kling. str() is for the member."""
 
     def __init__(self, task_id: int) -> None:
@@ -52,14 +53,14 @@ class Intake:
         self,
         *,
         store: TaskStore,
-        files: TaskFiles,
+        inputs: TaskInputs,
         settings: Settings,
         flavour: Flavour,
         limits: Limits,
         bus: EventBus,
     ) -> None:
         self._store = store
-        self._files = files
+        self._inputs = inputs
         self._settings = settings
         self._flavour = flavour
         self._limits = limits
@@ -84,9 +85,7 @@ class Intake:
         if record is None:
             raise LookupError(f"task #{task_id} does not exist")
         try:
-            stored = await asyncio.to_thread(
-                self._files.read_inputs, record.input_files, record.input_labels
-            )
+            stored = await self._inputs.read(record)
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"the input images of #{task_id} were deleted after "
@@ -120,7 +119,7 @@ class Intake:
             ),
         )
         try:
-            input_files = await self._files.save_inputs(record.id, inputs)
+            input_files = await self._inputs.save(record.id, inputs)
         except OSError as exc:
             await self._fail_unstored(record, exc)
             raise InputsNotStored(record.id) from exc
@@ -132,7 +131,7 @@ class Intake:
         return record
 
     async def _fail_unstored(self, record: TaskRecord, exc: OSError) -> None:
-        """The images could not be written (disk full, say): the task ends now, so it does not
+        """The images could not be stored (disk full, say): the task ends now, so it does not
         count against the member's limit, and is announced like any failure."""
         log.error("task %s: its input images could not be stored (%s); failing it", record.id, exc)
         try:

@@ -77,9 +77,10 @@ class TaskRecord:
     kling_task_id: str | None
     state: TaskState
     # Request fields WITHOUT images: prompt, negative_prompt, model_name, n, aspect_ratio |
-    # mode, duration. Images live on disk (input_files), never in the database.
+    # mode, duration. The images are where input_files say: "db:<id>/<label>.<ext>" in the
+    # store's task_inputs (INPUT_STORAGE=database), or a path relative to DATA_DIR.
     params: dict[str, Any]
-    input_files: list[str]  # relative to DATA_DIR, in label order: "inputs/12/subject1.png"
+    input_files: list[str]  # in label order: "db:12/subject1.png" or "inputs/12/subject1.png"
     input_labels: list[str]  # "subject1".."subject4", "scene", "style" | "image1".."image4"
     slots: int  # Kling slots held while running (image: n, video: 1)
     guild_id: int | None
@@ -167,6 +168,29 @@ class UsageRow:
     succeeded: int
     failed: int
     credits: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedTask:
+    """One task in line for admission: what queue positions and waits are made of."""
+
+    id: int
+    slots: int
+    not_before: float | None  # backing off until then
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSnapshot:
+    """A kind's admission queue as the store sees it (``TaskStore.queue_snapshot``)."""
+
+    line: tuple[QueuedTask, ...]  # in the order admit_next would take them, claimed ones out
+    queued: int  # every queued task of the kind, those being created included
+    oldest_created_at: float | None  # of those
+    slots_in_use: int
+
+    @property
+    def ids(self) -> list[int]:
+        return [task.id for task in self.line]
 
 
 class EventType(StrEnum):

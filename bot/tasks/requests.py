@@ -1,8 +1,9 @@
 """Kling's request body for a task: its typed parameters and its images, base64-encoded.
 
-At submit the images come from the member; at admission (and after a restart) they are read
-back from DATA_DIR, and the parameters from the stored JSON (``params_for``). Encoding is CPU
-work, so it runs in a thread, off the event loop.
+At submit the images come from the member; at admission (and after a restart or a takeover)
+they are read back from where they were stored (``inputs``: the database or DATA_DIR), and the
+parameters from the stored JSON (``params_for``). Encoding is CPU work, so it runs in a thread,
+off the event loop, as a read of files does.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from bot.config import Settings
 from bot.kling.models import TaskRequest
 from bot.kling.params import TaskParams, build_request, params_for
-from bot.tasks.files import TaskFiles
+from bot.tasks.inputs import TaskInputs
 from bot.tasks.models import TaskRecord
 from bot.tasks.webhook import callback_url
 
@@ -36,10 +37,11 @@ async def request_for(
     return build_request(params, encoded, external_task_id=external_task_id, callback_url=callback)
 
 
-async def stored_request(record: TaskRecord, files: TaskFiles, settings: Settings) -> TaskRequest:
+async def stored_request(record: TaskRecord, inputs: TaskInputs, settings: Settings) -> TaskRequest:
     """The create request of a stored task. OSError: its images are gone or unreadable;
-    ValueError (pydantic's too): what was stored no longer makes a valid request."""
-    images = await asyncio.to_thread(files.read_inputs, record.input_files, record.input_labels)
+    ValueError (pydantic's too): what was stored no longer makes a valid request; a database
+    that does not answer: its own error (try again later)."""
+    images = await inputs.read(record)
     url = None
     if settings.public_base_url and record.callback_token:
         url = callback_url(settings.public_base_url, record.callback_token)

@@ -86,6 +86,7 @@ def catalogue_keys(locale: str) -> frozenset[str]:
     return frozenset(keys)
 
 
+@functools.cache
 def _known(locale: str | None) -> str:
     if not locale:
         return DEFAULT_LOCALE

@@ -58,7 +58,7 @@ token_lifetime=900.0, ack_deadline=3.0, heartbeat_interval=41.25, compress_gatew
   ``default_user`` (a FakeUser created at init), ``bot_user`` (dict), ``guilds``,
   ``channels``, ``users``.
 * Interactions (each dispatches INTERACTION_CREATE over every connected gateway session
-  and returns a :class:`FakeInteraction`):
+  serving its guild, see Sharding, and returns a :class:`FakeInteraction`):
   ``await send_slash_command(name, *, subcommand=None, subcommand_group=None,
   options=None, attachments=None, guild_id=None, channel_id=None, user=None,
   permissions=None, locale="en-US")`` -- ``user`` is a FakeUser, a user id, or
@@ -71,7 +71,13 @@ token_lifetime=900.0, ack_deadline=3.0, heartbeat_interval=41.25, compress_gatew
   ``await click_button(*, message_id, custom_id, channel_id=None, guild_id=None,
   user=None, permissions=None, component_type=2, values=None)``;
   ``await submit_modal(*, custom_id, values, channel_id=None, guild_id=None, user=None,
-  permissions=None, message_id=None)``.
+  permissions=None, message_id=None)``; ``add_command_reply(name="kling", *, guild_id=None,
+  channel_id=None, user=None, locale="en-US")`` (not dispatched: a command the bot already
+  answered with a deferred reply, as a process that is gone left it; for a ``worker``).
+* Sharding: a session that identified with ``shard: [id, count]`` gets only the guilds of its
+  shard (``(guild_id >> 22) % count == id``) in READY and GUILD_CREATE and only their events
+  (direct messages on shard 0); an unsharded session gets everything. ``recommended_shards``
+  (default 1) is what ``GET /gateway/bot`` answers as ``shards``.
 * Inspection: ``requests: list[Recorded]`` (every HTTP request, in completion order,
   with ``method``, ``path`` (API-relative, e.g. ``/channels/1/messages``), ``query``,
   ``headers``, ``json`` (JSON body or ``payload_json``), ``files`` (``RecordedFile``:

@@ -1,5 +1,9 @@
 """The websocket gateway: HELLO, heartbeats, IDENTIFY -> READY + GUILD_CREATE, RESUME with
-replay, dispatches (optionally zlib-stream compressed) and the guild/member payloads."""
+replay, dispatches (optionally zlib-stream compressed) and the guild/member payloads.
+
+Sharded like Discord: a session that identified with ``shard: [id, count]`` gets only the
+guilds of its shard (``(guild_id >> 22) % count == id``) in READY and GUILD_CREATE, and only
+their events (direct messages on shard 0); an unsharded session gets everything."""
 
 from __future__ import annotations
 
@@ -55,11 +59,13 @@ class Gateway(FakeState):
                     if self.token is not None and data.get("token") != self.token:
                         await ws.close(code=4004, message=b"Authentication failed.")
                         break
+                    shard = data.get("shard")
                     session = GatewaySession(
                         secrets.token_hex(16),
                         int(data.get("intents", 0)),
                         ws,
                         compressor=compressor,
+                        shard=(int(shard[0]), int(shard[1])) if shard else None,
                     )
                     self._sessions[session.session_id] = session
                     conn = session
@@ -108,9 +114,11 @@ class Gateway(FakeState):
         await self._ws_send(session, payload)
 
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
-        """Send a gateway DISPATCH to every identified session."""
+        """Send a gateway DISPATCH to every identified session serving its guild."""
+        guild_id = int(data["guild_id"]) if data.get("guild_id") else None
         for session in list(self._sessions.values()):
-            await self._dispatch_to(session, event, data)
+            if session.serves(guild_id):
+                await self._dispatch_to(session, event, data)
 
     async def request_reconnect(self) -> None:
         """Send op 7 RECONNECT; discord.py closes and RESUMEs at resume_gateway_url."""
@@ -118,10 +126,11 @@ class Gateway(FakeState):
             await self._ws_send(session, {"op": 7, "d": None, "s": None, "t": None})
 
     async def _send_ready(self, session: GatewaySession, identify: dict[str, Any]) -> None:
+        guilds = [guild for guild in self.guilds.values() if session.serves(guild.id)]
         ready: dict[str, Any] = {
             "v": 10,
             "user": {**self.bot.to_payload(), "verified": True, "mfa_enabled": False, "flags": 0},
-            "guilds": [{"id": str(g), "unavailable": True} for g in self.guilds],
+            "guilds": [{"id": str(g.id), "unavailable": True} for g in guilds],
             "session_id": session.session_id,
             "resume_gateway_url": self.gateway_url,
             "application": {"id": str(self.app_id), "flags": 0},
@@ -133,7 +142,7 @@ class Gateway(FakeState):
         if identify.get("shard") is not None:
             ready["shard"] = identify["shard"]
         await self._dispatch_to(session, "READY", ready)
-        for guild in self.guilds.values():
+        for guild in guilds:
             await self._dispatch_to(session, "GUILD_CREATE", self._guild_payload(guild))
 
     def _member_payload(
@@ -200,5 +209,5 @@ class Gateway(FakeState):
                     k: v for k, v in self._member_payload(member).items() if k != "user"
                 }
         for session in list(self._sessions.values()):
-            if session.intents & intent:
+            if session.intents & intent and session.serves(message.guild_id):
                 await self._dispatch_to(session, "MESSAGE_CREATE", data)

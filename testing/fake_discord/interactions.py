@@ -236,6 +236,29 @@ class InteractionSender(FakeState):
         )
         return await self._send_interaction(interaction)
 
+    def add_command_reply(
+        self,
+        name: str = "kling",
+        *,
+        guild_id: int | None = None,
+        channel_id: int | None = None,
+        user: FakeUser | int | dict[str, Any] | None = None,
+        locale: str = "en-US",
+    ) -> FakeInteraction:
+        """A slash command the bot already answered with a deferred reply ("thinking..."),
+        never dispatched: what a process that is gone left behind, for a worker that never saw
+        the interaction. ``original_message(interaction)`` is the reply."""
+        fake_user, permissions = self._coerce_user(user, None)
+        guild, channel, fake_user = self._resolve_target(guild_id, channel_id, fake_user)
+        data = {"id": str(self.snowflake()), "name": name, "type": 1, "options": []}
+        interaction = self._base_interaction(
+            2, data, guild, channel, fake_user, permissions, locale
+        )
+        interaction.callback_type = 5
+        reply = self._new_message(channel, {"flags": 128}, [], interaction=interaction)
+        interaction.original_message_id = reply.id
+        return interaction
+
     async def click_button(
         self,
         *,

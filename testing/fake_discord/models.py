@@ -329,3 +329,12 @@ class GatewaySession:
     seq: int = 0
     events: list[dict[str, Any]] = field(default_factory=list)
     compressor: Any = None
+    shard: tuple[int, int] | None = None  # [shard_id, shard_count] from IDENTIFY
+
+    def serves(self, guild_id: int | None) -> bool:
+        """Whether Discord sends this guild's events on this session: a guild lives on shard
+        ``(guild_id >> 22) % shard_count``; direct messages on shard 0."""
+        if self.shard is None:
+            return True
+        shard_id, count = self.shard
+        return ((guild_id or 0) >> 22) % count == shard_id

@@ -43,7 +43,7 @@ class ChannelRoutes(FakeState):
         self._require_bot_auth(rec)
         return 200, {
             "url": self.gateway_url,
-            "shards": 1,
+            "shards": self.recommended_shards,
             "session_start_limit": {
                 "total": 1000,
                 "remaining": 999,

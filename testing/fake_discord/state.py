@@ -52,6 +52,7 @@ class FakeState:
         self.ack_deadline = ack_deadline
         self.heartbeat_interval = heartbeat_interval
         self.compress_gateway = compress_gateway
+        self.recommended_shards = 1  # GET /gateway/bot's "shards"
         self.bot = FakeUser(self.bot_user_id, bot_name, bot=True)
 
         self.guilds: dict[int, FakeGuild] = {}

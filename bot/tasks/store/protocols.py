@@ -1,22 +1,32 @@
 """What the rest of the bot may ask of storage, whatever database is behind it.
 
 ``TaskReader`` is the read-only part the Discord side gets; ``TaskStore`` adds the writes and
-the coordination the task core needs; ``GuildSettingsStore`` keeps each server's settings.
-Every implementation runs the contract suite (tests/unit/store/test_contract.py).
+the coordination the task core needs; ``GuildSettingsStore`` keeps each server's settings;
+``InputStore`` each task's prepared input images (``INPUT_STORAGE=database``). Every
+implementation runs the contract suite (tests/unit/store/test_contract.py).
 
 Coordination lives here, not in one process's memory: every piece of it is a row or a
-conditional update, so several processes can share the work. A claim names an ``owner`` (a
-process id string) and runs ``until`` a unix time; a claim whose time has passed is free to
-take, so the work of a process that died is taken over.
+conditional update, so several processes can share the work. A claim names an ``owner``
+(``<process id>/<n>``) and runs ``until`` a unix time; a claim whose time has passed is free to
+take, so the work of a process that died is taken over. ``ProcessRegistry`` (part of
+``TaskStore``) keeps a claim alive while its process beats (``processes``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from bot.kling.models import TaskKind
-from bot.tasks.models import ClaimPurpose, Origin, TaskRecord, TaskState, UsageRow
+from bot.tasks.models import (
+    ClaimPurpose,
+    Origin,
+    QueueSnapshot,
+    TaskRecord,
+    TaskState,
+    UsageRow,
+)
+from bot.tasks.store.processes import ProcessInfo
 
 
 class DuplicateTaskError(Exception):
@@ -25,6 +35,15 @@ class DuplicateTaskError(Exception):
 
 class DatabaseFileChanged(RuntimeError):
     """The database file was deleted or replaced under the open store: no new task is taken."""
+
+
+class InputsNotSaved(OSError):
+    """A task's input images could not be stored (the database full, locked or unreachable):
+    none of them were kept. An OSError, as a full disk is when they are files."""
+
+    def __init__(self, task_id: int, cause: BaseException) -> None:
+        super().__init__(f"the input images of task {task_id} were not stored: {cause!r}")
+        self.task_id = task_id
 
 
 @runtime_checkable
@@ -64,7 +83,38 @@ class TaskReader(Protocol):
 
 
 @runtime_checkable
-class TaskStore(TaskReader, Protocol):
+class ProcessRegistry(Protocol):
+    """The processes sharing the database: the heartbeat that keeps their claims alive."""
+
+    async def beat(
+        self,
+        process_id: str,
+        *,
+        now: float,
+        until: float,
+        role: str,
+        host: str,
+        pid: int,
+        until_by_purpose: Mapping[ClaimPurpose, float] | None = None,
+    ) -> int:
+        """In one transaction: record that the process (``role``, ``host``, ``pid``) is
+        alive at ``now`` until ``until`` (registered by its first beat), and extend each live
+        claim it holds (owner ``<process_id>/...``) to at least ``until``, or to the time
+        ``until_by_purpose`` gives its purpose; a claim already held longer keeps its time.
+        Returns the number of claims extended."""
+        ...
+
+    async def processes(self, now: float) -> list[ProcessInfo]:
+        """The processes alive at ``now`` (their last beat holds beyond it), oldest first."""
+        ...
+
+    async def forget_process(self, process_id: str) -> None:
+        """A clean stop: the process's row removed and every claim it holds given back."""
+        ...
+
+
+@runtime_checkable
+class TaskStore(TaskReader, ProcessRegistry, Protocol):
     """Tasks: the rows, their state changes, and the coordination of the work on them."""
 
     async def open(self) -> None: ...
@@ -155,9 +205,10 @@ class TaskStore(TaskReader, Protocol):
         tasks under a live claim are not in line. Cancel-requested tasks are returned too."""
         ...
 
-    async def queued_order(self, kind: TaskKind, *, now: float | None = None) -> list[int]:
-        """The ids in line for ``kind``, in the order ``admit_next`` would take them if nothing
-        else happened (backoffs and slots aside): for queue positions."""
+    async def queue_snapshot(self, kind: TaskKind, *, now: float) -> QueueSnapshot:
+        """The tasks in line for ``kind``, in the order ``admit_next`` would take them if
+        nothing else happened (backoffs and slots aside), with the queue's totals and the
+        slots in use: for queue positions, without reading whole rows."""
         ...
 
     async def slots_in_use(self, kind: TaskKind, now: float) -> int:
@@ -189,4 +240,39 @@ class GuildSettingsStore(Protocol):
 
     async def set_guild_config(self, guild_id: int, config: dict[str, Any]) -> None:
         """Replace the guild's settings (insert or update)."""
+        ...
+
+
+@runtime_checkable
+class InputStore(Protocol):
+    """Each task's prepared input images, kept in the database so that any process reads them
+    (tests/unit/store/test_inputs_contract.py)."""
+
+    async def save_inputs(self, task_id: int, images: Sequence[tuple[str, bytes, str]]) -> None:
+        """Store the task's ``(label, data, extension)`` images, in their order: all of them,
+        or none and ``InputsNotSaved``. A task has one save (a second is refused)."""
+        ...
+
+    async def read_inputs(self, task_id: int) -> list[tuple[str, bytes]]:
+        """``(label, data)`` of the task's images in their order; ``[]`` if none are stored."""
+        ...
+
+    async def remove_inputs(self, task_ids: Collection[int]) -> int:
+        """Delete the images of these tasks; returns how many of the tasks had some."""
+        ...
+
+
+@runtime_checkable
+class Signals(Protocol):
+    """Telling the other processes on the database that something changed (``signals``)."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    def subscribe(self, handler: Callable[[str, str], None]) -> None:
+        """``handler(topic, key)`` runs on the event loop for each signal of another process."""
+        ...
+
+    async def publish(self, topic: str, key: str = "") -> None:
+        """Tell every other process; it may not hear it (the database stays the truth)."""
         ...

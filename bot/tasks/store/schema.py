@@ -1,8 +1,10 @@
-"""The SQLite schema's versions: numbered SQL files, applied in order, each exactly once.
+"""The schema's versions: numbered SQL files, applied in order, each exactly once.
 
-``migrations/NNNN_name.sql`` brings the database from version ``NNNN - 1`` to ``NNNN``;
-``PRAGMA user_version`` holds the number of files applied. Add a file with the next number;
-never edit a released one (databases in use ran it as it was). The files ship in the package
+``migrations/NNNN_name.sql`` brings a SQLite database from version ``NNNN - 1`` to ``NNNN``;
+``PRAGMA user_version`` holds the number of files applied. PostgreSQL has its own numbered
+files in ``migrations/postgres/`` (``POSTGRES_MIGRATIONS``), applied by ``pg.migrate`` and
+counted in its ``schema_migrations`` table. Add a file with the next number; never edit a
+released one (databases in use ran it as it was). The files ship in the package
 (``package-data`` in pyproject.toml) and are read with importlib.resources, so an installed bot
 finds them too.
 """
@@ -23,9 +25,10 @@ log = logging.getLogger(__name__)
 _FILE_NAME = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
 
 
-def load_migrations() -> list[str]:
-    """The scripts of ``migrations/``, in version order; their numbers must run 1, 2, 3..."""
-    folder = resources.files(__package__) / "migrations"
+def load_migrations(*folders: str) -> list[str]:
+    """The scripts of ``migrations/`` (or of its subfolder ``folders``, e.g. ``"postgres"``),
+    in version order; their numbers must run 1, 2, 3..."""
+    folder = resources.files(__package__).joinpath("migrations", *folders)
     found: dict[int, str] = {}
     for entry in folder.iterdir():
         match = _FILE_NAME.fullmatch(entry.name)
@@ -39,6 +42,7 @@ def load_migrations() -> list[str]:
 
 # Read at call time by migrate(), so a test can add a script or run an older set.
 MIGRATIONS: list[str] = load_migrations()
+POSTGRES_MIGRATIONS: list[str] = load_migrations("postgres")
 
 
 async def migrate(db: aiosqlite.Connection, path: Path) -> None:

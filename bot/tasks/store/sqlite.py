@@ -9,6 +9,10 @@ be rolled back with it).
 
 ``ping()`` reports a database file that was deleted or replaced under the open connection, and
 the store then takes no new task (``refuse_if_file_changed``).
+
+SQLite serves one process: ``open`` first takes the lock of ``sqlite_lock`` (held until
+``close``) and refuses with ``ConfigError`` while another store, here or in another process,
+has the file open. ``:memory:`` takes none.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import aiosqlite
 from bot.tasks.store import idmark, schema
 from bot.tasks.store.codec import credits_number
 from bot.tasks.store.protocols import DatabaseFileChanged
+from bot.tasks.store.sqlite_lock import OneProcessLock
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,7 @@ class SqliteDatabase:
         self._clock = clock
         self._db: aiosqlite.Connection | None = None
         self._on_disk = str(self.path) != ":memory:"
+        self._lock = OneProcessLock(self.path) if self._on_disk else None
         self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
         self._file_problem: str | None = None  # what the last check found wrong with the file
         self._id_floor = 0  # every id handed out so far, here or by earlier processes, is <= this
@@ -67,8 +73,20 @@ class SqliteDatabase:
     async def open(self) -> None:
         if self._db is not None:
             return
-        if self._on_disk:
+        if self._lock is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()  # before anything touches the file: refused, nothing changed
+        try:
+            db = await self._connect()
+        except BaseException:
+            self._release_lock()
+            raise
+        self._file_problem = None
+        self._db = db
+        log.debug("task store open at %s", self.path)
+
+    async def _connect(self) -> aiosqlite.Connection:
+        """The configured, migrated connection, its ids started."""
         # isolation_level=None: autocommit, so each write statement is its own committed
         # transaction; migrations and transaction() open theirs explicitly.
         db = await aiosqlite.connect(self.path, isolation_level=None)
@@ -80,9 +98,7 @@ class SqliteDatabase:
         except BaseException:
             await db.close()
             raise
-        self._file_problem = None
-        self._db = db
-        log.debug("task store open at %s", self.path)
+        return db
 
     async def _configure(self, db: aiosqlite.Connection) -> None:
         await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -127,7 +143,14 @@ class SqliteDatabase:
         try:
             await self._release_unused_ids()
         finally:
-            await db.close()
+            try:
+                await db.close()
+            finally:
+                self._release_lock()  # last: nothing of this process writes the file after it
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     async def ping(self) -> bool:
         """True while the connection answers and the file at ``path`` is still the one it
@@ -264,7 +287,10 @@ class SqliteDatabase:
         mark = idmark.id_mark_path(self.path)
         async with self._reserve_lock:
             if await asyncio.to_thread(idmark.read_id_mark, mark) == self._ids_reserved:
-                await self._write_mark(self._id_floor)
+                try:
+                    await self._write_mark(self._id_floor)
+                except OSError as exc:  # a full disk: a mark left ahead only skips some ids
+                    log.warning("task store %s: id mark not lowered at close (%s)", self.path, exc)
 
     async def _write_mark(self, through: int) -> None:
         path = idmark.id_mark_path(self.path)

@@ -9,14 +9,21 @@ first), ties by their oldest queued task.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from bot.kling.models import TaskKind
-from bot.tasks.models import CLAIM_STATES, ClaimPurpose, TaskRecord, TaskState
+from bot.tasks.models import (
+    ClaimPurpose,
+    QueuedTask,
+    QueueSnapshot,
+    TaskRecord,
+    TaskState,
+)
 from bot.tasks.store.codec import RETURNING, decode, placeholders, state_values
 from bot.tasks.store.sqlite import SqliteDatabase
+from bot.tasks.store.transitions import check_claim_states
+from bot.tasks.store.turns import fair_order
 
 # Kling's word that a task ended: it holds no slot any more, whatever our row's state says.
 _ENDED_AT_KLING = "('succeed', 'failed')"
@@ -52,24 +59,6 @@ _TAKE_TURN_SQL = """
 """
 
 
-def _claims_kept_in(to: TaskState) -> list[str]:
-    """The claim purposes that live on in state ``to`` (any other claim ends there)."""
-    return [purpose.value for purpose, states in CLAIM_STATES.items() if to in states]
-
-
-def clear_claim_sql(to: TaskState) -> str:
-    """SET assignments for a transition to ``to``: they end a claim that does not live there.
-    (SQLite evaluates every SET expression on the row as it was, so the order is free.)"""
-    kept = _claims_kept_in(to)
-    if not kept:
-        return "claim_owner = NULL, claim_purpose = NULL, claim_until = NULL"
-    keep = f"claim_purpose IN ({', '.join(repr(p) for p in kept)})"
-    return ", ".join(
-        f"{column} = CASE WHEN {keep} THEN {column} END"
-        for column in ("claim_owner", "claim_purpose", "claim_until")
-    )
-
-
 async def _next_in_line(
     run: Callable[[str, Mapping[str, Any]], Awaitable[Iterable[Any]]],
     names: Mapping[str, Any],
@@ -101,12 +90,7 @@ class SqliteCoordination(SqliteDatabase):
         now: float,
     ) -> TaskRecord | None:
         purpose = ClaimPurpose(purpose)
-        outside = set(states) - CLAIM_STATES[purpose]
-        if outside:
-            raise ValueError(
-                f"a {purpose} claim lives in {sorted(CLAIM_STATES[purpose])}, "
-                f"not in {sorted(outside)}"
-            )
+        check_claim_states(purpose, states)
         sources = state_values(states)
         if not sources:
             return None
@@ -162,29 +146,26 @@ class SqliteCoordination(SqliteDatabase):
             await db.execute(_TAKE_TURN_SQL, {**names, "id": task_id})
         return decode(rows[0])
 
-    async def queued_order(self, kind: TaskKind, *, now: float | None = None) -> list[int]:
-        names = {"kind": TaskKind(kind).value, "now": self.now() if now is None else now}
+    async def queue_snapshot(self, kind: TaskKind, *, now: float) -> QueueSnapshot:
+        names = {"kind": TaskKind(kind).value, "now": now}
         rows = await self.fetch(
-            f"SELECT t.id, t.user_id, a.turn FROM tasks AS t "
+            "SELECT t.id, t.user_id, a.turn, t.slots, t.not_before, t.created_at, "
+            f"{_FREE} AS free FROM tasks AS t "
             "LEFT JOIN admission_turns AS a ON a.kind = t.kind AND a.user_id = t.user_id "
-            f"WHERE {_QUEUED} AND t.kind = :kind AND {_FREE} ORDER BY t.user_id, t.id",
+            f"WHERE {_QUEUED} AND t.kind = :kind ORDER BY t.user_id, t.id",
             names,
         )
-        lines: dict[int, list[int]] = defaultdict(list)
-        turns: dict[int, int | None] = {}
-        for task_id, user_id, turn in rows:
-            lines[user_id].append(task_id)
-            turns[user_id] = turn
-        # Each admission sends its member to the back: one task per member per round, the
-        # members in turn order.
-        users = sorted(lines, key=lambda u: (turns[u] is not None, turns[u] or 0, lines[u][0]))
-        order: list[int] = []
-        depth = 0
-        while users:
-            users = [user for user in users if depth < len(lines[user])]
-            order.extend(lines[user][depth] for user in users)
-            depth += 1
-        return order
+        line = fair_order(
+            (user_id, turn, QueuedTask(task_id, slots, not_before))
+            for task_id, user_id, turn, slots, not_before, _, free in rows
+            if free
+        )
+        return QueueSnapshot(
+            line=tuple(line),
+            queued=len(rows),
+            oldest_created_at=min((row[5] for row in rows), default=None),
+            slots_in_use=await self.slots_in_use(kind, now),
+        )
 
     async def slots_in_use(self, kind: TaskKind, now: float) -> int:
         rows = await self.fetch(_SLOTS_SQL, {"kind": TaskKind(kind).value, "now": now})

@@ -4,7 +4,7 @@ State changes go through ``transition``: one conditional ``UPDATE ... WHERE id=?
 (...)``. Whoever changes the row first wins and everyone else gets ``False``, which is how the
 poller, the webhook and a cancel racing on the same task stay consistent without locks. The
 reads over many tasks come from ``SqliteTaskQueries``, the coordination (claims, admission, due
-polls) from ``SqliteCoordination``.
+polls) from ``SqliteCoordination``, the processes and their heartbeats from ``SqliteProcesses``.
 """
 
 from __future__ import annotations
@@ -29,24 +29,15 @@ from bot.tasks.store.codec import (
 )
 from bot.tasks.store.protocols import DuplicateTaskError
 from bot.tasks.store.sqlite import SEQUENCE_SQL
-from bot.tasks.store.sqlite_claims import SqliteCoordination, clear_claim_sql
+from bot.tasks.store.sqlite_claims import SqliteCoordination
+from bot.tasks.store.sqlite_processes import SqliteProcesses
 from bot.tasks.store.sqlite_queries import SqliteTaskQueries
+from bot.tasks.store.transitions import STATE_STAMPS, clear_claim_sql
 
 log = logging.getLogger(__name__)
 
-# The timestamp each target state stamps.
-_STAMP: dict[TaskState, str] = {
-    TaskState.SUBMITTED: "submitted_at",
-    TaskState.PROCESSING: "processing_at",
-    TaskState.SUCCEED: "finished_at",
-    TaskState.FAILED: "finished_at",
-    TaskState.CANCELLED: "finished_at",
-    TaskState.DELIVERED: "delivered_at",
-    TaskState.UNDELIVERABLE: "delivered_at",
-}
 
-
-class SqliteTaskStore(SqliteCoordination, SqliteTaskQueries):
+class SqliteTaskStore(SqliteCoordination, SqliteProcesses, SqliteTaskQueries):
     """``TaskStore`` on one SQLite file, one aiosqlite connection per instance."""
 
     # --- tasks
@@ -191,7 +182,7 @@ class SqliteTaskStore(SqliteCoordination, SqliteTaskQueries):
             return False
         values = encode_fields(fields)
         now = self.now()
-        stamp = _STAMP.get(to)
+        stamp = STATE_STAMPS.get(to)
         if stamp is not None:
             values.setdefault(stamp, now)
         values.setdefault("updated_at", now)

@@ -192,23 +192,37 @@ class _Interaction:
         self.created_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=age)
         self.edits: list[discord.Embed] = []
 
-    async def edit_original_response(self, **kwargs: Any) -> None:
+    async def edit_original_response(self, **kwargs: Any) -> Any:
         self.edits.append(kwargs["embed"])
+        return SimpleNamespace(id=555)  # the status message
 
 
 def _status_bot() -> Any:
     async def get(task_id: int) -> None:
         return None
 
-    tracker = SimpleNamespace(tasks=SimpleNamespace(get=get), queue_position=lambda _: None)
+    stored: dict[int, int] = {}
+
+    async def set_status_message(task_id: int, message_id: int) -> None:
+        stored[task_id] = message_id
+
+    tracker = SimpleNamespace(
+        tasks=SimpleNamespace(get=get),
+        queue_position=lambda _: None,
+        set_status_message=set_status_message,
+        stored_status_messages=stored,
+    )
     return SimpleNamespace(tracker=tracker)
 
 
 async def test_status_edits_are_rate_limited_and_show_the_latest_state() -> None:
-    status = StatusMessages(_status_bot())
+    bot = _status_bot()
+    status = StatusMessages(bot)
     status.interval = 0.2
     interaction = _Interaction(age=1)
     await status.follow(record(), interaction)  # type: ignore[arg-type]
+    # Stored at the first edit: any process can edit it from now on, by its ids.
+    assert bot.tracker.stored_status_messages == {record().id: 555}
     for state in (TaskState.SUBMITTED, TaskState.PROCESSING, TaskState.PROCESSING):
         await status.on_event(TaskEvent(EventType.STATE, record(state=state)))
     assert len(interaction.edits) == 1  # the burst waits for the interval
@@ -246,7 +260,7 @@ class _SlowInteraction(_Interaction):
         super().__init__(age=1)
         self.log = log
 
-    async def edit_original_response(self, **kwargs: Any) -> None:
+    async def edit_original_response(self, **kwargs: Any) -> Any:
         log = self.log
         log.starts.append(time.monotonic())
         if len(log.starts) == log.expected:
@@ -255,7 +269,7 @@ class _SlowInteraction(_Interaction):
         log.most_in_flight = max(log.most_in_flight, log.in_flight)
         try:
             await asyncio.sleep(0.02)
-            await super().edit_original_response(**kwargs)
+            return await super().edit_original_response(**kwargs)
         finally:
             log.in_flight -= 1
 

@@ -1,7 +1,8 @@
 """The store contract: what every implementation of the store Protocols must do.
 
-Each test takes the ``stores`` fixture, parametrized over the implementations (SQLite now; the
-PostgreSQL one joins by adding its factory to ``FACTORIES``). The admission cases are the
+Each test takes the ``stores`` fixture, parametrized over the implementations (``FACTORIES``:
+SQLite, and PostgreSQL on a fresh database of the suite's server, see tests/conftest.py; skipped
+without one). The admission cases are the
 in-memory queue's (fair turns, slots, no overtaking, backoff, the 1303 cap), run against the
 store. ``test_every_protocol_method_is_exercised`` keeps the suite complete.
 """
@@ -22,6 +23,7 @@ from bot.tasks.models import ClaimPurpose, Origin, TaskRecord, TaskState, UsageR
 from bot.tasks.store import (
     DuplicateTaskError,
     GuildSettingsStore,
+    SqliteTaskStore,
     Stores,
     TaskReader,
     TaskStore,
@@ -42,16 +44,24 @@ class Clock:
         return self.now
 
 
-# A factory builds the stores of a fresh, empty database; ``second`` opens the same database
-# again, as another process would.
+# A factory builds the stores of a fresh, empty database (one per test); called again it opens
+# the same database, as another process would (``second``).
 Factory = Callable[[Path, Clock], Stores]
 
 
-def sqlite_stores(folder: Path, clock: Clock) -> Stores:
-    return open_store(f"sqlite:///{folder / 'contract.db'}", clock=clock)
+def sqlite_stores(request: pytest.FixtureRequest) -> Factory:
+    return lambda folder, clock: open_store(f"sqlite:///{folder / 'contract.db'}", clock=clock)
 
 
-FACTORIES = [pytest.param(sqlite_stores, id="sqlite")]
+def postgres_stores(request: pytest.FixtureRequest) -> Factory:
+    url = request.getfixturevalue("postgres_url")  # the test's own database
+    return lambda folder, clock: open_store(url, clock=clock)
+
+
+FACTORIES = [
+    pytest.param(sqlite_stores, id="sqlite"),
+    pytest.param(postgres_stores, id="postgres"),
+]
 
 
 @pytest.fixture
@@ -61,7 +71,8 @@ def clock() -> Clock:
 
 @pytest.fixture(params=FACTORIES)
 def factory(request: pytest.FixtureRequest) -> Factory:
-    return request.param
+    factory_for: Callable[[pytest.FixtureRequest], Factory] = request.param
+    return factory_for(request)
 
 
 @pytest.fixture
@@ -71,8 +82,15 @@ async def stores(factory: Factory, tmp_path: Path, clock: Clock) -> AsyncIterato
 
 
 @pytest.fixture
-async def second(factory: Factory, tmp_path: Path, clock: Clock) -> AsyncIterator[Stores]:
-    """The same database through a second connection (another process)."""
+async def second(
+    factory: Factory, stores: Stores, tmp_path: Path, clock: Clock
+) -> AsyncIterator[Stores]:
+    """The same database as another process sees it. SQLite serves one process (a second
+    store on the file is refused), so there it is the same stores: the race between two
+    owners still runs, through one connection."""
+    if isinstance(stores.tasks, SqliteTaskStore):
+        yield stores
+        return
     async with factory(tmp_path, clock) as opened:
         yield opened
 
@@ -397,9 +415,9 @@ async def test_members_take_turns_and_each_members_tasks_stay_in_order(
     ids += [(await make(user_id=2)).id for _ in range(2)]
     ids += [(await make(user_id=3)).id]
     expected = [ids[i] for i in (0, 10, 12, 1, 11, 2, 3, 4, 5, 6, 7, 8, 9)]
-    assert await tasks.queued_order(IMAGE) == expected
+    assert (await tasks.queue_snapshot(IMAGE, now=1_000.0)).ids == expected
     assert await drain(tasks) == expected
-    assert await tasks.queued_order(IMAGE) == []
+    assert (await tasks.queue_snapshot(IMAGE, now=1_000.0)).ids == []
 
 
 async def test_limit_holds_tasks_until_slots_free(tasks: TaskStore, make: Maker) -> None:
@@ -471,7 +489,7 @@ async def test_retry_later_backs_off_and_keeps_the_members_order(
     await tasks.release_claim(one.id, A)
     await tasks.update(one.id, not_before=2.0)
     assert await tasks.slots_in_use(VIDEO, 0.0) == 0
-    assert await tasks.queued_order(VIDEO) == [one.id, two.id]
+    assert (await tasks.queue_snapshot(VIDEO, now=1_000.0)).ids == [one.id, two.id]
     # FIFO per member: task 2 does not jump the line while task 1 backs off.
     assert await tasks.admit_next(VIDEO, limit=1, owner=A, now=1.0, until=61.0) is None
     again = await tasks.admit_next(VIDEO, limit=1, owner=A, now=2.0, until=62.0)
@@ -497,14 +515,14 @@ async def test_the_order_of_the_queue(tasks: TaskStore, make: Maker) -> None:
     one, two = await make(user_id=1), await make(user_id=1)
     assert await drain(tasks, limit=2) == [one.id, two.id]
     three, four, five = await make(user_id=2), await make(user_id=3), await make(user_id=2)
-    assert await tasks.queued_order(IMAGE) == [three.id, four.id, five.id]
+    assert (await tasks.queue_snapshot(IMAGE, now=1_000.0)).ids == [three.id, four.id, five.id]
     assert await tasks.slots_in_use(IMAGE, 1_000.0) == 2
 
 
 async def test_unlimited_lets_everything_go_at_once(tasks: TaskStore, make: Maker) -> None:
     ids = [(await make(user_id=1, kind=VIDEO)).id for _ in range(5)]
     assert await drain(tasks, VIDEO) == ids
-    assert await tasks.queued_order(VIDEO) == []
+    assert (await tasks.queue_snapshot(VIDEO, now=1_000.0)).ids == []
 
 
 async def test_kinds_have_their_own_lines_and_slots(tasks: TaskStore, make: Maker) -> None:
@@ -522,7 +540,7 @@ async def test_a_claimed_queued_task_is_out_of_line_and_holds_its_slots(
     looked_up = await make(user_id=1, slots=2)
     other = await make(user_id=2, slots=2)
     assert await tasks.claim(looked_up.id, "admit", B, until=1_050.0, states=[S.QUEUED], now=1e3)
-    assert await tasks.queued_order(IMAGE, now=1_000.0) == [other.id]
+    assert (await tasks.queue_snapshot(IMAGE, now=1_000.0)).ids == [other.id]
     assert await tasks.slots_in_use(IMAGE, 1_000.0) == 2
     assert await drain(tasks, limit=3, now=1_000.0) == []  # 2 held + 2 > 3
     # B died: at the end of its claim the task is back in line and holds nothing.
@@ -543,7 +561,7 @@ async def test_a_member_never_admitted_goes_before_those_served(
     assert await drain(tasks) == [first.id]
     again = await make(user_id=1)
     newcomer = await make(user_id=2)
-    assert await tasks.queued_order(IMAGE) == [newcomer.id, again.id]
+    assert (await tasks.queue_snapshot(IMAGE, now=1_000.0)).ids == [newcomer.id, again.id]
 
 
 async def test_two_processes_never_admit_past_the_limit(
@@ -629,3 +647,44 @@ async def test_next_poll_at_is_none_without_running_tasks(tasks: TaskStore, make
     assert await tasks.next_poll_at() is None
     await make(next_check_at=5.0)  # queued
     assert await tasks.next_poll_at() is None
+
+
+async def test_the_queue_snapshot_counts_every_queued_task_and_shows_the_line(
+    tasks: TaskStore, make: Maker, clock: Clock
+) -> None:
+    first = await make(user_id=1, slots=2)
+    clock.now = 1_010.0
+    backing_off = await make(user_id=2, not_before=1_500.0)
+    being_created = await make(user_id=3)
+    video = await make(user_id=3, kind=VIDEO)
+    assert await tasks.claim(being_created.id, "admit", A, until=2e3, states=[S.QUEUED], now=1e3)
+    running = await make(user_id=4, slots=3)
+    await submit(tasks, running.id)
+    snapshot = await tasks.queue_snapshot(IMAGE, now=1_020.0)
+    assert [(q.id, q.slots, q.not_before) for q in snapshot.line] == [
+        (first.id, 2, None),
+        (backing_off.id, 1, 1_500.0),
+    ]
+    assert (snapshot.queued, snapshot.oldest_created_at) == (3, 1_000.0)
+    assert snapshot.slots_in_use == 3 + 1  # running at Kling, and the one being created
+    videos = await tasks.queue_snapshot(VIDEO, now=3e3)
+    assert (videos.ids, videos.queued, videos.slots_in_use) == ([video.id], 1, 0)
+
+
+async def test_two_processes_racing_a_transition_one_wins_and_its_fields_stay(
+    stores: Stores, second: Stores, make: Maker
+) -> None:
+    """The poller of one process and the callback of another both see "processing"."""
+    for n in range(10):
+        task = await make()
+        assert await stores.tasks.transition(task.id, [S.QUEUED], S.PROCESSING)
+        results = await asyncio.gather(
+            stores.tasks.transition(task.id, [S.PROCESSING], S.SUCCEED, kling_status="a"),
+            second.tasks.transition(task.id, [S.PROCESSING], S.FAILED, kling_status="b"),
+        )
+        assert sorted(results) == [False, True], n
+        got = await second.tasks.get(task.id)
+        assert got is not None
+        assert (got.state, got.kling_status) == (
+            (S.SUCCEED, "a") if results[0] else (S.FAILED, "b")
+        )

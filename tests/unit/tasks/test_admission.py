@@ -238,7 +238,7 @@ async def test_retry_later_backs_off_and_keeps_the_members_order(
             break
     assert row is not None and row.not_before is not None
     assert row.not_before >= h.now + 2.0 and await h.slots() == 0
-    assert await h.store.queued_order(TaskKind.IMAGE, now=h.now) == [first.id, second.id]
+    assert (await h.store.queue_snapshot(TaskKind.IMAGE, now=h.now)).ids == [first.id, second.id]
     h.tick(h.now + 1.0)
     await asyncio.sleep(0.2)
     assert client.creates == []  # FIFO per member: task 2 does not jump the line

@@ -1,5 +1,5 @@
-"""Coordination lives in the store: two task cores on one database (two processes, as the
-scale-out will run them) share the work without doubling any of it."""
+"""Coordination lives in the store: two task cores on one PostgreSQL database (two processes,
+as the scale-out runs them; SQLite serves one) share the work without doubling any of it."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from testing.tracker_harness import Harness
 
 
 async def test_two_cores_on_one_database_share_the_slots_and_create_and_end_each_task_once(
-    simulator: KlingSimulator,
+    simulator: KlingSimulator, postgres_url: str
 ) -> None:
     simulator.config.image_concurrency = 2  # Kling refuses a third task at once (1303)
-    settings = settings_for(simulator, kling_image_concurrency=2)
+    settings = settings_for(simulator, kling_image_concurrency=2, database_url=postgres_url)
     first = await Harness(settings).open()
     second = await Harness(settings).open()
     try:

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -144,20 +145,29 @@ async def test_a_lost_create_stays_tracked_while_lookups_fail_and_across_a_resta
         await second.close()
 
 
+async def lose_the_images(h: Harness, record: TaskRecord) -> None:
+    """The task's stored images are gone (deleted by hand, a disk lost), wherever they were."""
+    if h.settings.input_storage == "files":
+        shutil.rmtree(h.settings.data_dir / "inputs" / str(record.id))
+    else:
+        assert await h.stores.inputs.remove_inputs([record.id]) == 1
+
+
+@pytest.mark.parametrize("storage", ["database", "files"])
 async def test_unreadable_inputs_of_a_task_kling_runs_do_not_fail_it(
-    simulator: KlingSimulator,
+    simulator: KlingSimulator, storage: str
 ) -> None:
     """Killed while the create's answer hung; the stored images are gone at the restart.
     Kling has the task: it is followed and delivered, not failed for want of its inputs."""
     simulator.config.faults.lost_create_response_rate = 1.0
     simulator.config.faults.hang_seconds = 30.0
-    settings = settings_for(simulator)
+    settings = settings_for(simulator, input_storage=storage)
     first = await Harness(settings).open()
     record = await first.submit()
     await first.wait_until(lambda: simulator.calls["create_image"] == 1)
     await first.kill()
+    await lose_the_images(first, record)
     await first.store.close()
-    shutil.rmtree(settings.data_dir / "inputs" / str(record.id))
 
     simulator.config.faults.lost_create_response_rate = 0.0
     second = await Harness(settings).open()
@@ -171,14 +181,15 @@ async def test_unreadable_inputs_of_a_task_kling_runs_do_not_fail_it(
         await second.close()
 
 
+@pytest.mark.parametrize("storage", ["database", "files"])
 async def test_unreadable_inputs_of_a_task_kling_never_got_fail_with_the_true_reason(
-    simulator: KlingSimulator,
+    simulator: KlingSimulator, storage: str
 ) -> None:
     """The create answered 5000 (nothing made, but the bot cannot know that): at the restart
     the images are gone. Kling is asked first; it has no such task, so the task fails saying
     why, and that no credits were used."""
     simulator.config.faults.server_error_rate = 1.0
-    settings = settings_for(simulator, kling_max_attempts=1)
+    settings = settings_for(simulator, kling_max_attempts=1, input_storage=storage)
     first = await Harness(settings).open()
     record = await first.submit()
 
@@ -188,9 +199,9 @@ async def test_unreadable_inputs_of_a_task_kling_never_got_fail_with_the_true_re
 
     await until(create_tried)
     await first.kill()
+    await lose_the_images(first, record)
     await first.store.close()
     assert simulator.tasks == {}
-    shutil.rmtree(settings.data_dir / "inputs" / str(record.id))
 
     simulator.config.faults.server_error_rate = 0.0
     lookups_before = simulator.calls["get_image"]
@@ -216,7 +227,7 @@ async def test_a_maybe_created_task_too_big_for_a_lowered_limit_is_looked_up_fir
         TaskKind.IMAGE, ImageParams(prompt="x", n=4), [subject()], origin(1)
     )
     if at_kling:  # the create reached Kling; its answer was lost
-        await first.client.create_task(await stored_request(record, first.core.files, settings))
+        await first.client.create_task(await stored_request(record, first.core.inputs, settings))
     await first.store.update(record.id, submit_attempts=1)
     await first.close()
 
@@ -330,35 +341,47 @@ def tiny_tmpfs(where: Path, size: str = "64k") -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
+BALLAST = "ballast"  # removed when the test is done: the full disk has room again
+
+
 @contextlib.contextmanager
-def data_dir_that_refuses_writes(tmp_path: Path, how: str) -> Iterator[Path]:
-    if how == "disk full":
-        with tiny_tmpfs(tmp_path / "full") as data_dir:
-            yield data_dir
-        return
+def storage_that_refuses_writes(tmp_path: Path, how: str) -> Iterator[dict[str, Any]]:
+    """Settings where the images cannot be written: under DATA_DIR (INPUT_STORAGE=files) a
+    full disk or a file in the way; in the database (the default) a full disk under it."""
     data_dir = tmp_path / "data"
+    database_url = f"sqlite:///{tmp_path / 'bot.db'}"
+    if how == "database full":
+        # Room for the schema and the task's row, not for a 1 MB image (SQLITE_FULL).
+        with tiny_tmpfs(tmp_path / "full", size="512k") as database_dir:
+            (database_dir / BALLAST).write_bytes(b"\0" * 64 * 1024)
+            yield {"data_dir": data_dir, "database_url": f"sqlite:///{database_dir / 'bot.db'}"}
+        return
+    if how == "disk full":
+        with tiny_tmpfs(tmp_path / "full") as full_dir:
+            yield {"input_storage": "files", "data_dir": full_dir, "database_url": database_url}
+        return
     data_dir.mkdir()
     (data_dir / "inputs").write_bytes(b"")  # a file where the directory should be
-    yield data_dir
+    yield {"input_storage": "files", "data_dir": data_dir, "database_url": database_url}
 
 
 def files_under(directory: Path) -> list[Path]:
     return [path for path in directory.rglob("*") if path.is_file()]
 
 
-@pytest.mark.parametrize("how", ["disk full", "inputs is not a directory"])
+@pytest.mark.parametrize("how", ["disk full", "inputs is not a directory", "database full"])
 async def test_inputs_that_cannot_be_written_end_the_task_at_once(
     simulator: KlingSimulator, tmp_path: Path, how: str
 ) -> None:
-    with data_dir_that_refuses_writes(tmp_path, how) as data_dir:
-        settings = settings_for(
-            simulator, data_dir=data_dir, database_url=f"sqlite:///{tmp_path / 'bot.db'}"
-        )
+    with storage_that_refuses_writes(tmp_path, how) as storage:
+        settings = settings_for(simulator, **storage)
         h = await Harness(settings).open()
         try:
+            side = 600 if how == "database full" else 200
             big = PreparedImage(
-                label="subject2", data=noise_png(), format="png", width=200, height=200, changes=()
-            )
+                label="subject2", data=noise_png(side), format="png", width=side, height=side,
+                changes=(),
+            )  # fmt: skip
             with pytest.raises(OSError) as caught:
                 await h.core.submit(
                     TaskKind.IMAGE, ImageParams(prompt="a cat"), [subject(), big], origin(7)
@@ -371,10 +394,15 @@ async def test_inputs_that_cannot_be_written_end_the_task_at_once(
             assert await h.store.count_tasks(user_id=7, states=ACTIVE_STATES) == 0
             await h.wait_until(lambda: h.outcomes(EventType.FAILED) == [record.id])
             if how == "disk full":
-                assert files_under(data_dir) == []  # neither the first image nor a temp file
+                assert files_under(settings.data_dir) == []  # no first image, no temp file
+            if how == "database full":
+                assert await h.stores.inputs.read_inputs(record.id) == []  # not the first
+                assert files_under(settings.data_dir) == []
             await asyncio.sleep(0.2)
             assert simulator.calls["create_image"] == 0
         finally:
+            # The operator makes room: the store's close writes its id mark beside the file.
+            (tmp_path / "full" / BALLAST).unlink(missing_ok=True)
             await h.close()
 
 
@@ -383,6 +411,7 @@ async def test_a_member_whose_images_cannot_be_stored_is_told_in_the_channel(
 ) -> None:
     """The command gets an answer (no endless "thinking"), and the task's failure is posted
     with its reason like any other; nothing reached Kling."""
+    world.settings = world.settings.model_copy(update={"input_storage": "files"})
     world.settings.data_dir.mkdir(parents=True)
     (world.settings.data_dir / "inputs").write_bytes(b"")  # every image write fails
     await world.start_bot()

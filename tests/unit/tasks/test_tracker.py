@@ -126,6 +126,7 @@ async def test_restart_after_a_kill_mid_task_completes_exactly_once(
     record = await first.submit()
     await first.wait_for_state(record.id, {TaskState.SUBMITTED})
     await first.kill()
+    await first.store.close()  # a dead process's connection (and SQLite lock) is gone
 
     # Same database and files; the new process polls at its normal pace.
     restarted = settings.model_copy(update={"poll_first_delay": 0.05, "poll_max_interval": 0.25})
@@ -161,6 +162,7 @@ async def test_restart_mid_download_downloads_again_and_completes_once(
     assert mid is not None and mid.state is TaskState.PROCESSING
     assert mid.kling_status == "succeed" and mid.result_urls  # recorded before the download
     await first.kill()
+    await first.store.close()  # a dead process's connection (and SQLite lock) is gone
 
     second = await Harness(settings).open()
     try:
@@ -204,6 +206,7 @@ async def test_a_queued_task_interrupted_after_its_create_is_found_not_created_a
     assert stored is not None and stored.state is TaskState.QUEUED
     assert stored.submit_attempts == 1  # written before the create went out
     await first.kill()
+    await first.store.close()  # a dead process's connection (and SQLite lock) is gone
 
     simulator.config.faults.lost_create_response_rate = 0.0
     second = await Harness(settings).open()
@@ -514,7 +517,7 @@ async def test_resubmit_and_retention_cleanup(simulator: KlingSimulator) -> None
         done = await h.wait_for_state(record.id, {TaskState.DELIVERED})
         again = await h.core.resubmit(record.id, origin(2))
         assert again.params == done.params and again.input_labels == ["subject1"]
-        assert h.core.input_bytes(again) == h.core.input_bytes(done)
+        assert await h.core.input_bytes(again) == await h.core.input_bytes(done)
         await h.wait_for_state(again.id, {TaskState.DELIVERED})
         retention = h.core.retention
         assert await retention.cleanup_files() == 0  # too recent

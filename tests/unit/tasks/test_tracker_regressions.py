@@ -32,6 +32,7 @@ from bot.tasks.requests import stored_request
 from bot.tasks.results import DownloadError, ResultDownloader
 from bot.tasks.schedule import PollSchedule
 from bot.tasks.store import Stores, TaskStore, open_store
+from bot.tasks.store.signals import LocalSignals
 from kling_sim.simulator import KlingSimulator
 from testing.callbacks import running_task
 from testing.images import make_png
@@ -260,7 +261,7 @@ def _bare_admission(store: TaskStore, book: AdmissionBook | None = None) -> Admi
         creator=None,  # type: ignore[arg-type]  # nothing may be admitted
         book=book or AdmissionBook(),
         limits=limits,
-        queue=QueueView(store, limits, RunTimes()),
+        queue=QueueView(store, limits, RunTimes(), LocalSignals()),
         wake=asyncio.Event(),
     )
 
@@ -423,7 +424,7 @@ async def test_a_cancelled_queued_task_created_at_kling_runs_to_cancelled_after_
     settings = settings_for(simulator)
     first = await Harness(settings).open(start=False)
     record = await first.submit()
-    request = await stored_request(record, first.core.files, settings)
+    request = await stored_request(record, first.core.inputs, settings)
     await first.client.create_task(request, retry_busy=False)  # reached Kling; answer lost
     await first.store.update(record.id, cancel_requested=True, submit_attempts=1)
     await first.close()
@@ -465,8 +466,11 @@ async def test_a_cancelled_queued_task_unknown_to_kling_is_cancelled_after_a_loo
 async def test_inputs_are_read_and_encoded_off_the_event_loop(
     simulator: KlingSimulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Image files (INPUT_STORAGE=files) are read in a thread; the database's images come
+    through the store's own (aiosqlite's, asyncpg's network I/O)."""
     loop_thread = threading.current_thread()
     on_loop: list[str] = []
+    reads: list[str] = []
     real_b64, real_read = requests_module.b64encode, TaskFiles.read_inputs
 
     def b64(data: bytes) -> bytes:
@@ -475,18 +479,19 @@ async def test_inputs_are_read_and_encoded_off_the_event_loop(
         return real_b64(data)
 
     def read(self: Any, *args: Any) -> Any:
+        reads.append("read")
         if threading.current_thread() is loop_thread:
             on_loop.append("read")
         return real_read(self, *args)
 
     monkeypatch.setattr(requests_module, "b64encode", b64)
     monkeypatch.setattr(TaskFiles, "read_inputs", read)
-    h = await Harness(settings_for(simulator)).open(start=False)
+    h = await Harness(settings_for(simulator, input_storage="files")).open(start=False)
     try:
         record = await h.submit()
         again = await h.core.resubmit(record.id, origin(1))
-        await stored_request(again, h.core.files, h.settings)
-        assert on_loop == []
+        await stored_request(again, h.core.inputs, h.settings)
+        assert on_loop == [] and reads == ["read", "read"]  # resubmit's and the request's
     finally:
         await h.close()
 
