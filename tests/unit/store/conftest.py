@@ -1,16 +1,18 @@
-"""Fixtures of the store's tests: databases as older bots left them."""
+"""Fixtures of the store's tests: databases as older bots left them, and the contract suites'
+``stores`` on every implementation (``testing.store_contract.FACTORIES``)."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bot.tasks.store import schema
+from bot.tasks.store import SqliteTaskStore, Stores, TaskStore, schema
+from testing.store_contract import FACTORIES, Clock, Factory, Maker
 
 OldDatabase = Callable[..., None]
 
@@ -61,3 +63,47 @@ def old_row(task_id: int, state: str = "queued", **fields: Any) -> dict[str, Any
 @pytest.fixture
 def row() -> Callable[..., dict[str, Any]]:
     return old_row
+
+
+# --- the contract suites: each test on every store ---------------------------------------
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=FACTORIES)
+def factory(request: pytest.FixtureRequest) -> Factory:
+    factory_for: Callable[[pytest.FixtureRequest], Factory] = request.param
+    return factory_for(request)
+
+
+@pytest.fixture
+async def stores(factory: Factory, tmp_path: Path, clock: Clock) -> AsyncIterator[Stores]:
+    async with factory(tmp_path, clock) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def second(
+    factory: Factory, stores: Stores, tmp_path: Path, clock: Clock
+) -> AsyncIterator[Stores]:
+    """The same database as another process sees it. SQLite serves one process (a second
+    store on the file is refused), so there it is the same stores: the race between two
+    owners still runs, through one connection."""
+    if isinstance(stores.tasks, SqliteTaskStore):
+        yield stores
+        return
+    async with factory(tmp_path, clock) as opened:
+        yield opened
+
+
+@pytest.fixture
+def tasks(stores: Stores) -> TaskStore:
+    return stores.tasks
+
+
+@pytest.fixture
+def make(tasks: TaskStore) -> Maker:
+    return Maker(tasks)

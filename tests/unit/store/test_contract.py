@@ -1,9 +1,9 @@
 """The store contract: what every implementation of the store Protocols must do.
 
-Each test takes the ``stores`` fixture, parametrized over the implementations (``FACTORIES``:
-SQLite, and PostgreSQL on a fresh database of the suite's server, see tests/conftest.py; skipped
-without one). The admission cases are the
-in-memory queue's (fair turns, slots, no overtaking, backoff, the 1303 cap), run against the
+Each test takes the ``stores`` fixture (tests/unit/store/conftest.py), parametrized over the
+implementations (``testing.store_contract.FACTORIES``: SQLite, and PostgreSQL on a fresh
+database of the suite's server; skipped without one). The admission cases are the in-memory
+queue's (fair turns, slots, no overtaking, backoff, the 1303 cap), run against the
 store. ``test_every_protocol_method_is_exercised`` keeps the suite complete.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import re
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,115 +22,16 @@ from bot.tasks.models import ClaimPurpose, Origin, TaskRecord, TaskState, UsageR
 from bot.tasks.store import (
     DuplicateTaskError,
     GuildSettingsStore,
-    SqliteTaskStore,
     Stores,
     TaskReader,
     TaskStore,
-    open_store,
 )
+from testing.store_contract import Clock, Factory, Maker
 
 S = TaskState
 IMAGE, VIDEO = TaskKind.IMAGE, TaskKind.VIDEO
 RUNNING = {S.SUBMITTED, S.PROCESSING}
 A, B = "process-a", "process-b"  # two owners
-
-
-class Clock:
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-# A factory builds the stores of a fresh, empty database (one per test); called again it opens
-# the same database, as another process would (``second``).
-Factory = Callable[[Path, Clock], Stores]
-
-
-def sqlite_stores(request: pytest.FixtureRequest) -> Factory:
-    return lambda folder, clock: open_store(f"sqlite:///{folder / 'contract.db'}", clock=clock)
-
-
-def postgres_stores(request: pytest.FixtureRequest) -> Factory:
-    url = request.getfixturevalue("postgres_url")  # the test's own database
-    return lambda folder, clock: open_store(url, clock=clock)
-
-
-FACTORIES = [
-    pytest.param(sqlite_stores, id="sqlite"),
-    pytest.param(postgres_stores, id="postgres"),
-]
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture(params=FACTORIES)
-def factory(request: pytest.FixtureRequest) -> Factory:
-    factory_for: Callable[[pytest.FixtureRequest], Factory] = request.param
-    return factory_for(request)
-
-
-@pytest.fixture
-async def stores(factory: Factory, tmp_path: Path, clock: Clock) -> AsyncIterator[Stores]:
-    async with factory(tmp_path, clock) as opened:
-        yield opened
-
-
-@pytest.fixture
-async def second(
-    factory: Factory, stores: Stores, tmp_path: Path, clock: Clock
-) -> AsyncIterator[Stores]:
-    """The same database as another process sees it. SQLite serves one process (a second
-    store on the file is refused), so there it is the same stores: the race between two
-    owners still runs, through one connection."""
-    if isinstance(stores.tasks, SqliteTaskStore):
-        yield stores
-        return
-    async with factory(tmp_path, clock) as opened:
-        yield opened
-
-
-class Maker:
-    """Creates tasks with distinct ids; fields beyond create()'s are set with update()."""
-
-    def __init__(self, store: TaskStore) -> None:
-        self.store = store
-        self.count = 0
-
-    async def __call__(
-        self, user_id: int = 1, *, slots: int = 1, kind: TaskKind = IMAGE, **fields: Any
-    ) -> TaskRecord:
-        self.count += 1
-        record = await self.store.create(
-            kind=kind,
-            provider="simulator",
-            simulated=True,
-            external_task_id=f"ext-{self.count}",
-            params={"prompt": f"task {self.count}", "n": slots},
-            input_labels=["subject1"],
-            slots=slots,
-            origin=Origin(channel_id=7, user_id=user_id, guild_id=3),
-            callback_token=f"token-{self.count}",
-        )
-        if fields:
-            await self.store.update(record.id, **fields)
-        fresh = await self.store.get(record.id)
-        assert fresh is not None
-        return fresh
-
-
-@pytest.fixture
-def tasks(stores: Stores) -> TaskStore:
-    return stores.tasks
-
-
-@pytest.fixture
-def make(tasks: TaskStore) -> Maker:
-    return Maker(tasks)
 
 
 async def drain(

@@ -9,44 +9,17 @@ all of a task's images or none; retention's removal counts the tasks it emptied.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from bot.kling.models import TaskKind
 from bot.tasks.models import Origin, TaskRecord
-from bot.tasks.store import InputsNotSaved, InputStore, Stores, TaskStore, open_store
+from bot.tasks.store import InputsNotSaved, InputStore, Stores, TaskStore
+from testing.store_contract import Clock, Factory
 
-Factory = Callable[[Path], Stores]
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00\xff" * 300  # NUL and 0xff bytes survive the round trip
-
-
-def sqlite_stores(request: pytest.FixtureRequest) -> Factory:
-    return lambda folder: open_store(f"sqlite:///{folder / 'inputs.db'}")
-
-
-def postgres_stores(request: pytest.FixtureRequest) -> Factory:
-    url = request.getfixturevalue("postgres_url")  # the test's own database
-    return lambda folder: open_store(url)
-
-
-@pytest.fixture(
-    params=[
-        pytest.param(sqlite_stores, id="sqlite"),
-        pytest.param(postgres_stores, id="postgres"),
-    ]
-)
-def factory(request: pytest.FixtureRequest) -> Factory:
-    factory_for: Callable[[pytest.FixtureRequest], Factory] = request.param
-    return factory_for(request)
-
-
-@pytest.fixture
-async def stores(factory: Factory, tmp_path: Path) -> AsyncIterator[Stores]:
-    async with factory(tmp_path) as opened:
-        yield opened
 
 
 async def new_task(tasks: TaskStore, number: int, labels: list[str]) -> TaskRecord:
@@ -68,18 +41,18 @@ async def test_the_stores_have_an_input_store(stores: Stores) -> None:
 
 
 async def test_saved_images_read_back_byte_for_byte_in_their_order(
-    factory: Factory, tmp_path: Path
+    factory: Factory, tmp_path: Path, clock: Clock
 ) -> None:
     big = os.urandom(5 * 1024 * 1024)  # a large prepared image: a few MB in one row
     want = [("subject2", PNG), ("subject1", JPEG), ("scene", big)]
-    async with factory(tmp_path) as stores:
+    async with factory(tmp_path, clock) as stores:
         task = await new_task(stores.tasks, 1, ["subject2", "subject1", "scene"])
         await stores.inputs.save_inputs(
             task.id, [("subject2", PNG, "png"), ("subject1", JPEG, "jpg"), ("scene", big, "png")]
         )
         assert await stores.inputs.read_inputs(task.id) == want
     # The process that stored them is gone: the next one (on any machine) reads them.
-    async with factory(tmp_path) as after:
+    async with factory(tmp_path, clock) as after:
         assert await after.inputs.read_inputs(task.id) == want
 
 

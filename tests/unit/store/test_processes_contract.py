@@ -1,6 +1,6 @@
 """The ``ProcessRegistry`` contract: processes beat, and their claims live as long as they do.
 
-Every test runs on each store of test_contract.py's ``FACTORIES`` (SQLite, and PostgreSQL on a
+Every test runs on each store of ``testing.store_contract.FACTORIES`` (SQLite, and PostgreSQL on a
 fresh database; skipped without one), on a hand clock. What holds: a beat registers the process
 and extends every live claim it holds (owners ``<process id>/...``, not a process whose id only
 starts the same) to at least the beat's time, never shortening one; a process that stops
@@ -11,7 +11,6 @@ stop (``forget_process``) gives them back at once.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import asyncpg
@@ -19,7 +18,6 @@ import pytest
 
 from bot.tasks.models import ClaimPurpose, TaskState
 from bot.tasks.store import (
-    SqliteTaskStore,
     Stores,
     TaskStore,
     open_store,
@@ -28,51 +26,11 @@ from bot.tasks.store import (
 )
 from bot.tasks.store.processes import FORGET_DEAD_AFTER, claim_owner_range
 from bot.tasks.store.schema import MIGRATIONS, statements
-from tests.unit.store.test_contract import FACTORIES, Clock, Factory, Maker
+from testing.store_contract import Maker
 
 LEASE = 30.0
 P, Q = "aaaa", "bbbb"  # two process ids
 QUEUED = [TaskState.QUEUED]
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture(params=FACTORIES)
-def factory(request: pytest.FixtureRequest) -> Factory:
-    factory_for: Callable[[pytest.FixtureRequest], Factory] = request.param
-    return factory_for(request)
-
-
-@pytest.fixture
-async def stores(factory: Factory, tmp_path: Path, clock: Clock) -> AsyncIterator[Stores]:
-    async with factory(tmp_path, clock) as opened:
-        yield opened
-
-
-@pytest.fixture
-async def second(
-    factory: Factory, stores: Stores, tmp_path: Path, clock: Clock
-) -> AsyncIterator[Stores]:
-    """Another process on the same database: a second connection. SQLite serves one process:
-    there the same store stands in (claims are told apart by their owner anyway)."""
-    if isinstance(stores.tasks, SqliteTaskStore):
-        yield stores
-        return
-    async with factory(tmp_path, clock) as opened:
-        yield opened
-
-
-@pytest.fixture
-def tasks(stores: Stores) -> TaskStore:
-    return stores.tasks
-
-
-@pytest.fixture
-def make(tasks: TaskStore) -> Maker:
-    return Maker(tasks)
 
 
 async def beat(store: TaskStore, process_id: str, now: float, **kw: object) -> int:
